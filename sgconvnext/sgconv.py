@@ -1,0 +1,187 @@
+"""SGConv2d: a global depthwise convolution whose kernel is separable and multi-scale.
+
+Channel c convolves its (H, W) map with ``K[c] = kh[c] (outer) kw[c]``, where ``kh`` and ``kw`` are the
+two-sided 1-D SGConv kernels of ``kernel.py``. The convolution is linear and zero-padded ("same"
+size, never circular), then a per-channel bias is added. Two exact ways to compute it:
+
+* ``"matmul"``: the zero-padded 1-D convolution along an axis is a Toeplitz product, so
+  ``y = Th @ x @ Tw^T`` per channel: two batched matrix products, O(HW(H+W)).
+* ``"fft"``: rfft per axis to a fast length >= 2n - 1, multiply by the outer product of the two
+  axis spectra (the spatial 2-D kernel is never built), invert, crop. O(HW log HW).
+* ``"auto"``: picks the one measured faster for the map size (``choose_backend``).
+"""
+from typing import Tuple, Union
+
+import torch
+from torch import nn
+
+from .kernel import SGKernel1d, _positive_int
+
+__all__ = ['SGConv2d', 'BACKENDS', 'choose_backend', 'fast_fft_length', 'fft_conv2d', 'toeplitz_conv2d']
+
+BACKENDS = ('auto', 'fft', 'matmul')
+
+# "auto" uses matmul while the map has at most this many pixels per channel. Measured on CPU with
+# tools/bench_sgconv.py (docs/BENCHMARKS.md): matmul won forward+backward at every size up to 512x512.
+# Not measured on GPU yet; the same rule is used there.
+MATMUL_MAX_PIXELS = 512 * 512
+
+
+def choose_backend(height: int, width: int, device: torch.device) -> str:
+    """Backend ``"auto"`` runs for an (height, width) map on ``device``."""
+    return 'matmul' if height * width <= MATMUL_MAX_PIXELS else 'fft'
+
+
+def fast_fft_length(n: int) -> int:
+    """Smallest length >= n whose only prime factors are 2, 3, 5 and 7."""
+    while True:
+        m = n
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+def _toeplitz(kernel: torch.Tensor, n: int) -> torch.Tensor:
+    """(C, 2n-1) centred kernel -> (C, n, n) matrix T with ``T[c, i, j] = kernel[c, n - 1 + i - j]``."""
+    return kernel.flip(-1).unfold(-1, n, 1).flip(-2)
+
+
+def toeplitz_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor) -> torch.Tensor:
+    """Zero-padded separable convolution by two batched Toeplitz products.
+
+    x: (B, C, H, W); kh: (C, 2H-1); kw: (C, 2W-1) centred kernels. Returns (B, C, H, W).
+    """
+    b, c, h, w = x.shape
+    th = _toeplitz(kh.to(x.dtype), h)                       # (C, H, H)
+    tw_t = _toeplitz(kw.to(x.dtype), w).transpose(-1, -2)   # (C, W, W)
+    # Channels lead so each product is one GEMM per channel with the batch folded into its rows/columns.
+    y = torch.bmm(x.transpose(0, 1).reshape(c, b * h, w), tw_t)         # (C, B*H, W): rows times Tw^T
+    y = y.view(c, b, h, w).transpose(1, 2).reshape(c, h, b * w)          # (C, H, B*W)
+    y = torch.bmm(th, y)                                                 # (C, H, B*W): Th times columns
+    return y.view(c, h, b, w).permute(2, 0, 1, 3)
+
+
+def _circular(kernel: torch.Tensor, n: int) -> torch.Tensor:
+    """(C, 2L-1) centred kernel -> (C, n) with offset s at index s mod n (needs n >= 2L-1)."""
+    length = (kernel.shape[-1] + 1) // 2
+    positive, negative = kernel[:, length - 1:], kernel[:, :length - 1]
+    gap = kernel.new_zeros(kernel.shape[0], n - kernel.shape[-1])
+    return torch.cat([positive, gap, negative], dim=-1)
+
+
+def fft_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor) -> torch.Tensor:
+    """Zero-padded separable convolution by FFT, in float32 or wider.
+
+    x: (B, C, H, W); kh: (C, 2H-1); kw: (C, 2W-1) centred kernels. Returns (B, C, H, W) of x's dtype.
+    A circular convolution of length n >= 2L-1 holds every offset in -(L-1)..L-1 without wrapping
+    onto another, so outputs 0..L-1 equal the linear convolution's.
+    """
+    h, w = x.shape[-2:]
+    dtype = torch.promote_types(torch.promote_types(x.dtype, kh.dtype), torch.float32)
+    n_h, n_w = fast_fft_length(2 * h - 1), fast_fft_length(2 * w - 1)
+    # cuFFT half precision takes only powers of two and bf16 FFT does not exist: compute in float32+.
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        spec_h = torch.fft.fft(_circular(kh.to(dtype), n_h))    # (C, n_h)
+        spec_w = torch.fft.rfft(_circular(kw.to(dtype), n_w))   # (C, n_w // 2 + 1)
+        spec_x = torch.fft.rfft2(x.to(dtype), s=(n_h, n_w))     # (B, C, n_h, n_w // 2 + 1)
+        spec_y = spec_x * (spec_h.unsqueeze(-1) * spec_w.unsqueeze(-2))
+        y = torch.fft.irfft2(spec_y, s=(n_h, n_w))[..., :h, :w]
+    return y.to(x.dtype)
+
+
+def _pair(name: str, value) -> Tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f'{name} must be an int or an (H, W) pair, got {value!r}')
+        return _positive_int(f'{name}[0]', value[0]), _positive_int(f'{name}[1]', value[1])
+    value = _positive_int(name, value)
+    return value, value
+
+
+class SGConv2d(nn.Module):
+    """Global depthwise separable SGConv for (B, C, H, W) maps, a drop-in for a depthwise conv.
+
+    Args:
+        dim: channels C.
+        l_max: taps per side of each axis kernel, an int or an (H, W) pair; use the map size the layer
+            will see (taps at larger offsets are zero, see ``kernel.py``).
+        kernel_dim: learned values per sub-kernel.
+        decay: weight of sub-kernel i is ``decay**i``.
+        backend: ``"auto"``, ``"fft"`` or ``"matmul"``; all compute the same function.
+        bias: add a learned per-channel bias.
+
+    Shape: (B, C, H, W) -> (B, C, H, W) for any H, W >= 1.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            l_max: Union[int, Tuple[int, int]],
+            kernel_dim: int = 8,
+            decay: float = 0.5,
+            backend: str = 'auto',
+            bias: bool = True,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        self.dim = _positive_int('dim', dim)
+        self.l_max = _pair('l_max', l_max)
+        if backend not in BACKENDS:
+            raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
+        self.backend = backend
+        self.kernel_h = SGKernel1d(dim, self.l_max[0], kernel_dim, decay, **dd)
+        self.kernel_w = SGKernel1d(dim, self.l_max[1], kernel_dim, decay, **dd)
+        self.bias = nn.Parameter(torch.zeros(dim, **dd)) if bias else None
+
+    def axis_kernels(self, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Centred axis kernels ((C, 2H-1), (C, 2W-1)) in the parameters' dtype, autocast off."""
+        with torch.autocast(device_type=self.kernel_h.weight.device.type, enabled=False):
+            return self.kernel_h(height), self.kernel_w(width)
+
+    def materialize(self, height: int, width: int) -> torch.Tensor:
+        """The centred 2-D kernel (C, 2H-1, 2W-1) the layer applies to an (H, W) map.
+
+        ``layer(x) == F.conv2d(x, K.flip(-1, -2)[:, None], padding=(H-1, W-1), groups=C) + bias``.
+        """
+        kh, kw = self.axis_kernels(_positive_int('height', height), _positive_int('width', width))
+        return kh.unsqueeze(-1) * kw.unsqueeze(-2)
+
+    def resolve_backend(self, height: int, width: int, device: torch.device) -> str:
+        """The backend a forward pass on an (height, width) map runs."""
+        return choose_backend(height, width, device) if self.backend == 'auto' else self.backend
+
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'SGConv2d expects a torch.Tensor, got {type(x).__name__}')
+        if x.dim() != 4:
+            raise ValueError(f'SGConv2d expects a 4-D (B, C, H, W) input, got shape {tuple(x.shape)}')
+        if x.shape[1] != self.dim:
+            raise ValueError(f'SGConv2d expects {self.dim} channels, got input of shape {tuple(x.shape)}')
+        if not x.is_floating_point():
+            raise TypeError(f'SGConv2d expects a floating point input, got {x.dtype}')
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f'SGConv2d expects H, W >= 1, got input of shape {tuple(x.shape)}')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        height, width = x.shape[-2:]
+        kh, kw = self.axis_kernels(height, width)
+        if self.resolve_backend(height, width, x.device) == 'fft' and x.shape[0] > 0:  # MKL FFT rejects empty batches
+            y = fft_conv2d(x, kh, kw)
+        else:
+            y = toeplitz_conv2d(x, kh, kw)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
+        return y
+
+    def no_weight_decay(self):
+        """Kernel parameters, named relative to this module (bias is 1-D, timm skips it already)."""
+        return {'kernel_h.weight', 'kernel_w.weight'}
+
+    def extra_repr(self) -> str:
+        return f'{self.dim}, l_max={self.l_max}, backend={self.backend!r}, bias={self.bias is not None}'
