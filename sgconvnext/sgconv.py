@@ -10,6 +10,7 @@ size, never circular), then a per-channel bias is added. Two exact ways to compu
   axis spectra (the spatial 2-D kernel is never built), invert, crop. O(HW log HW).
 * ``"auto"``: picks the one measured faster for the map size (``choose_backend``).
 """
+import math
 from typing import Tuple, Union
 
 import torch
@@ -21,15 +22,20 @@ __all__ = ['SGConv2d', 'BACKENDS', 'choose_backend', 'fast_fft_length', 'fft_con
 
 BACKENDS = ('auto', 'fft', 'matmul')
 
-# "auto" uses matmul while the map has at most this many pixels per channel. Measured on CPU with
-# tools/bench_sgconv.py (docs/BENCHMARKS.md): matmul won forward+backward at every size up to 512x512.
-# Not measured on GPU yet; the same rule is used there.
-MATMUL_MAX_PIXELS = 512 * 512
+# "auto" runs matmul while its cost model, H*W*(H+W) multiply-adds per channel, is below FFT_COST_FACTOR
+# times n_h*n_w*log2(n_h*n_w) for the padded FFT. The factor was fitted to forward+backward timings on
+# CPU (tools/bench_sgconv.py, docs/BENCHMARKS.md): matmul was faster at every square size measured,
+# 7 to 1024 (2.4x faster at 1024), and this puts the square crossover near 2800. Not measured on GPU yet;
+# the same rule is used there.
+FFT_COST_FACTOR = 56.0
 
 
 def choose_backend(height: int, width: int, device: torch.device) -> str:
     """Backend ``"auto"`` runs for an (height, width) map on ``device``."""
-    return 'matmul' if height * width <= MATMUL_MAX_PIXELS else 'fft'
+    n_h, n_w = fast_fft_length(2 * height - 1), fast_fft_length(2 * width - 1)
+    matmul_cost = height * width * (height + width)
+    fft_cost = FFT_COST_FACTOR * n_h * n_w * math.log2(max(2, n_h * n_w))
+    return 'matmul' if matmul_cost <= fft_cost else 'fft'
 
 
 def fast_fft_length(n: int) -> int:

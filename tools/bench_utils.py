@@ -1,0 +1,82 @@
+"""Shared pieces of the benchmark scripts: interleaved timing, machine description, report sections."""
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Dict
+
+import torch
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def interleaved_medians(fns: Dict[str, Callable[[], object]], device: torch.device, warmup: int = 2,
+                        runs: int = 5) -> Dict[str, float]:
+    """Median seconds per call of each fn, timed round-robin so drifts in machine load hit all alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    synchronize(device)
+    times = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def describe_machine(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return f'{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}'
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open('/proc/cpuinfo') as f:
+            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return f'{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}'
+
+
+def command_line() -> str:
+    return 'python ' + ' '.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
+
+
+def log(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def write_section(path: str, key: str, text: str) -> None:
+    """Replace the text between ``<!-- key:start -->`` and ``<!-- key:end -->`` in ``path`` (append if absent).
+
+    Written to a temporary file and renamed, so an interrupted run never leaves a half-written report.
+    """
+    start, end = f'<!-- {key}:start -->', f'<!-- {key}:end -->'
+    old = open(path).read() if os.path.exists(path) else '# Benchmarks\n'
+    block = f'{start}\n{text.rstrip()}\n{end}'
+    if start in old and end in old:
+        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + '\n\n' + block + '\n'
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.bench-', suffix='.md')
+    with os.fdopen(fd, 'w') as f:
+        f.write(new)
+    os.replace(tmp, path)
+
+
+def git_revision() -> str:
+    try:
+        return subprocess.check_output(['git', 'rev-parse', '--short', 'HEAD'], stderr=subprocess.DEVNULL,
+                                       text=True).strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
