@@ -8,30 +8,38 @@ size, never circular), then a per-channel bias is added. Two exact ways to compu
   ``y = Th @ x @ Tw^T`` per channel: two batched matrix products, O(HW(H+W)).
 * ``"fft"``: rfft per axis to a fast length >= 2n - 1, multiply by the outer product of the two
   axis spectra (the spatial 2-D kernel is never built), invert, crop. O(HW log HW).
-* ``"auto"``: picks the one measured faster for the map size (``choose_backend``).
+* ``"direct"``: two 1-D depthwise convolutions, (1, 2W-1) then (2H-1, 1), through the conv library
+  (oneDNN / cuDNN); fast forward on small maps and native to channels_last, slow backward.
+* ``"auto"``: picks the one measured faster for the map size and for whether gradients are needed
+  (``choose_backend``).
 """
 import math
 from typing import Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .kernel import SGKernel1d, _positive_int
 
-__all__ = ['SGConv2d', 'BACKENDS', 'choose_backend', 'fast_fft_length', 'fft_conv2d', 'toeplitz_conv2d']
+__all__ = ['SGConv2d', 'BACKENDS', 'choose_backend', 'direct_conv2d', 'fast_fft_length', 'fft_conv2d', 'toeplitz_conv2d']
 
-BACKENDS = ('auto', 'fft', 'matmul')
+BACKENDS = ('auto', 'fft', 'matmul', 'direct')
 
-# "auto" runs matmul while its cost model, H*W*(H+W) multiply-adds per channel, is below FFT_COST_FACTOR
-# times n_h*n_w*log2(n_h*n_w) for the padded FFT. The factor was fitted to forward+backward timings on
-# CPU (tools/bench_sgconv.py, docs/BENCHMARKS.md): matmul was faster at every square size measured,
-# 7 to 1024 (2.4x faster at 1024), and this puts the square crossover near 2800. Not measured on GPU yet;
-# the same rule is used there.
+# Crossovers of "auto", measured with tools/bench_sgconv.py on CPU (docs/BENCHMARKS.md); not measured on
+# GPU yet, where the same rules are used.
+# * Training (gradients needed): matmul while its cost, H*W*(H+W) multiply-adds per channel, is below
+#   FFT_COST_FACTOR times n_h*n_w*log2(n_h*n_w) for the padded FFT. Matmul was faster at every square
+#   size measured, 7 to 1024 (2.4x faster at 1024); the factor puts the square crossover near 2800.
+# * Inference: direct up to DIRECT_MAX_SIDE (faster than matmul at 7, 14 and 28, slower at 56), else as above.
 FFT_COST_FACTOR = 56.0
+DIRECT_MAX_SIDE = 32
 
 
-def choose_backend(height: int, width: int, device: torch.device) -> str:
+def choose_backend(height: int, width: int, device: torch.device, needs_grad: bool = True) -> str:
     """Backend ``"auto"`` runs for an (height, width) map on ``device``."""
+    if not needs_grad and max(height, width) <= DIRECT_MAX_SIDE:
+        return 'direct'
     n_h, n_w = fast_fft_length(2 * height - 1), fast_fft_length(2 * width - 1)
     matmul_cost = height * width * (height + width)
     fft_cost = FFT_COST_FACTOR * n_h * n_w * math.log2(max(2, n_h * n_w))
@@ -64,10 +72,24 @@ def toeplitz_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor) -> torc
     th = _toeplitz(kh.to(x.dtype), h)                       # (C, H, H)
     tw_t = _toeplitz(kw.to(x.dtype), w).transpose(-1, -2)   # (C, W, W)
     # Channels lead so each product is one GEMM per channel with the batch folded into its rows/columns.
-    y = torch.bmm(x.transpose(0, 1).reshape(c, b * h, w), tw_t)         # (C, B*H, W): rows times Tw^T
+    # contiguous(): a channels_last x gives a view with no unit stride here, which bmm runs matrix by matrix.
+    y = torch.bmm(x.transpose(0, 1).reshape(c, b * h, w).contiguous(), tw_t)  # (C, B*H, W): rows times Tw^T
     y = y.view(c, b, h, w).transpose(1, 2).reshape(c, h, b * w)          # (C, H, B*W)
     y = torch.bmm(th, y)                                                 # (C, H, B*W): Th times columns
     return y.view(c, h, b, w).permute(2, 0, 1, 3)
+
+
+def direct_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor) -> torch.Tensor:
+    """Zero-padded separable convolution as two 1-D depthwise convolutions (W first, then H).
+
+    x: (B, C, H, W); kh: (C, 2H-1); kw: (C, 2W-1) centred kernels. Returns (B, C, H, W).
+    conv2d correlates, so the kernels are flipped to convolve.
+    """
+    c, h, w = x.shape[1:]
+    kw = kw.to(x.dtype).flip(-1).view(c, 1, 1, 2 * w - 1)
+    kh = kh.to(x.dtype).flip(-1).view(c, 1, 2 * h - 1, 1)
+    y = F.conv2d(x, kw, padding=(0, w - 1), groups=c)
+    return F.conv2d(y, kh, padding=(h - 1, 0), groups=c)
 
 
 def _circular(kernel: torch.Tensor, n: int) -> torch.Tensor:
@@ -116,7 +138,7 @@ class SGConv2d(nn.Module):
             will see (taps at larger offsets are zero, see ``kernel.py``).
         kernel_dim: learned values per sub-kernel.
         decay: weight of sub-kernel i is ``decay**i``.
-        backend: ``"auto"``, ``"fft"`` or ``"matmul"``; all compute the same function.
+        backend: ``"auto"``, ``"fft"``, ``"matmul"`` or ``"direct"``; all compute the same function.
         bias: add a learned per-channel bias.
 
     Shape: (B, C, H, W) -> (B, C, H, W) for any H, W >= 1.
@@ -157,9 +179,11 @@ class SGConv2d(nn.Module):
         kh, kw = self.axis_kernels(_positive_int('height', height), _positive_int('width', width))
         return kh.unsqueeze(-1) * kw.unsqueeze(-2)
 
-    def resolve_backend(self, height: int, width: int, device: torch.device) -> str:
+    def resolve_backend(self, height: int, width: int, device: torch.device, needs_grad: bool = True) -> str:
         """The backend a forward pass on an (height, width) map runs."""
-        return choose_backend(height, width, device) if self.backend == 'auto' else self.backend
+        if self.backend == 'auto':
+            return choose_backend(height, width, device, needs_grad)
+        return self.backend
 
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):
@@ -177,8 +201,12 @@ class SGConv2d(nn.Module):
         self._check_input(x)
         height, width = x.shape[-2:]
         kh, kw = self.axis_kernels(height, width)
-        if self.resolve_backend(height, width, x.device) == 'fft' and x.shape[0] > 0:  # MKL FFT rejects empty batches
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or kh.requires_grad)
+        backend = self.resolve_backend(height, width, x.device, needs_grad)
+        if backend == 'fft' and x.shape[0] > 0:  # MKL's FFT rejects an empty batch
             y = fft_conv2d(x, kh, kw)
+        elif backend == 'direct':
+            y = direct_conv2d(x, kh, kw)
         else:
             y = toeplitz_conv2d(x, kh, kw)
         if self.bias is not None:

@@ -6,7 +6,7 @@ from reference import direct_conv, reference_sgconv
 from sgconvnext import SGConv2d
 from sgconvnext.sgconv import choose_backend, fast_fft_length
 
-BACKENDS = ('fft', 'matmul', 'auto')
+BACKENDS = ('fft', 'matmul', 'direct', 'auto')
 # (H, W, l_max): 1x1, odd, square at l_max, non-square, larger than l_max, an (H, W) l_max pair.
 SHAPES = [(1, 1, 8), (5, 7, 6), (16, 16, 16), (9, 20, 12), (30, 12, 8), (13, 11, (7, 20)), (2, 33, 33)]
 
@@ -65,7 +65,7 @@ def test_materialize_is_what_the_layer_applies():
     torch.testing.assert_close(layer(x), direct_conv(x, kernel, layer.bias), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize('backend', ('fft', 'matmul'))
+@pytest.mark.parametrize('backend', ('fft', 'matmul', 'direct'))
 def test_impulse_response_is_the_kernel_window_not_circular(backend):
     layer = make_layer(16, channels=1, backend=backend)
     h, w, row = 8, 6, 3
@@ -78,7 +78,7 @@ def test_impulse_response_is_the_kernel_window_not_circular(backend):
     torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize('backend', ('fft', 'matmul'))
+@pytest.mark.parametrize('backend', ('fft', 'matmul', 'direct'))
 def test_gradcheck(backend):
     layer = make_layer(5, channels=2, backend=backend)
     x = torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True)
@@ -113,7 +113,7 @@ def test_autocast_cpu(backend, amp_dtype):
     assert rel_err(out.double(), layer(x).double()) < 2e-2
 
 
-@pytest.mark.parametrize('backend', ('fft', 'matmul'))
+@pytest.mark.parametrize('backend', ('fft', 'matmul', 'direct'))
 def test_half_precision_inputs_keep_their_dtype(backend):
     layer = make_layer(10, dtype=torch.float32, backend=backend).to(torch.bfloat16)
     x = torch.randn(2, 3, 10, 7).to(torch.bfloat16)
@@ -175,10 +175,23 @@ def test_fast_fft_length():
         assert m >= n and all(fast_fft_length(k) == m for k in range(n, m + 1))
 
 
-def test_auto_backend_choice_is_reported():
+def test_auto_backend_choice():
+    cpu = torch.device('cpu')
     layer = SGConv2d(2, 8)
-    assert layer.resolve_backend(56, 56, torch.device('cpu')) == choose_backend(56, 56, torch.device('cpu'))
-    assert SGConv2d(2, 8, backend='fft').resolve_backend(56, 56, torch.device('cpu')) == 'fft'
+    assert layer.resolve_backend(56, 56, cpu) == choose_backend(56, 56, cpu) == 'matmul'
+    assert choose_backend(14, 14, cpu, needs_grad=False) == 'direct'
+    assert choose_backend(56, 56, cpu, needs_grad=False) == 'matmul'
+    assert choose_backend(7, 100_000, cpu) == 'fft'  # matmul's cost grows with W^2 there
+    assert SGConv2d(2, 8, backend='fft').resolve_backend(56, 56, cpu) == 'fft'
+
+
+@pytest.mark.parametrize('grad', (True, False))
+def test_auto_matches_reference_with_and_without_grad(grad):
+    layer = make_layer(12)
+    x = torch.randn(2, 3, 12, 10, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        out = layer(x)
+    torch.testing.assert_close(out, reference_sgconv(layer, x), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.slow

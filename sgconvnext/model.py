@@ -1,0 +1,217 @@
+"""SGConvNeXt: timm's ConvNeXt with every 7x7 depthwise conv replaced by a global SGConv2d.
+
+Everything but the token mixer (stem, downsampling, norms, MLPs, layer scale, drop path, head,
+feature_info, forward_intermediates, grad checkpointing) is timm's ConvNeXt, inherited unchanged.
+Each block's ``conv_dw`` becomes an ``SGConv2d`` whose kernels are sized for its stage's map at
+``img_size`` (``img_size / reduction``). The model runs at any input size: kernels are regenerated
+for each map size; past the size they were built for, taps are zero (see ``sgconvnext/kernel.py``).
+
+Warm start: ``pretrained=True, pretrained_cfg_overlay=dict(file=...)`` with a timm (or original
+facebookresearch) ``convnext_*`` checkpoint of the same size loads every shared tensor and keeps the
+SGConv kernels at their init.
+"""
+import logging
+import math
+from typing import Optional, Set, Tuple, Union
+
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import register_notrace_module, to_2tuple
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import resolve_pretrained_cfg
+from timm.models.convnext import ConvNeXt, checkpoint_filter_fn as convnext_checkpoint_filter_fn
+
+from .sgconv import SGConv2d
+
+__all__ = ['SGConvNeXt', 'checkpoint_filter_fn']
+
+_logger = logging.getLogger(__name__)
+
+# The layer's forward branches on the map size, which fx cannot trace: keep it a leaf module.
+register_notrace_module(SGConv2d)
+
+
+class SGConvNeXt(ConvNeXt):
+    """ConvNeXt with a global separable multi-scale SGConv token mixer.
+
+    Args (besides timm ConvNeXt's, all passed through):
+        img_size: input size (int or (H, W)) the stage kernels are sized for.
+        sg_kernel_dim: learned values per sub-kernel.
+        sg_decay: weight of sub-kernel i is ``sg_decay**i``.
+        sg_backend: ``"auto"``, ``"fft"`` or ``"matmul"`` for every SGConv2d.
+    """
+
+    def __init__(
+            self,
+            img_size: Union[int, Tuple[int, int]] = 224,
+            sg_kernel_dim: int = 8,
+            sg_decay: float = 0.5,
+            sg_backend: str = 'auto',
+            **kwargs,
+    ):
+        super().__init__(**kwargs)
+        img_size = to_2tuple(img_size)
+        if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in img_size):
+            raise ValueError(f'img_size must be a positive int or an (H, W) pair of them, got {img_size!r}')
+        self.img_size = tuple(img_size)
+        for stage, info in zip(self.stages, self.feature_info):
+            reduction = info['reduction']
+            stage_size = (math.ceil(img_size[0] / reduction), math.ceil(img_size[1] / reduction))
+            for block in stage.blocks:
+                conv = block.conv_dw
+                block.conv_dw = SGConv2d(
+                    conv.in_channels,
+                    stage_size,
+                    kernel_dim=sg_kernel_dim,
+                    decay=sg_decay,
+                    backend=sg_backend,
+                    bias=conv.bias is not None,
+                    device=conv.weight.device,
+                    dtype=conv.weight.dtype,
+                )
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Full names of the SGConv kernel parameters (timm's optimizer factory skips these)."""
+        return {
+            f'{name}.{param_name}'
+            for name, module in self.named_modules() if isinstance(module, SGConv2d)
+            for param_name in module.no_weight_decay()
+        }
+
+
+def checkpoint_filter_fn(state_dict, model: SGConvNeXt):
+    """Map an sgconvnext or convnext_* checkpoint onto ``model``; check it fits.
+
+    * sgconvnext checkpoints pass through.
+    * ConvNeXt checkpoints (timm or facebookresearch layout) load every tensor the two share; their
+      7x7 ``conv_dw.weight`` kernels are dropped and the SGConv kernels keep their initialization.
+    * A tensor of the wrong shape, a model tensor the checkpoint lacks (other than SGConv kernels) or a
+      checkpoint tensor the model has no place for raises ValueError: the checkpoint is for another size.
+    """
+    state_dict = convnext_checkpoint_filter_fn(state_dict, model)
+    model_state = model.state_dict()
+    classifier = model.pretrained_cfg.get('classifier', 'head.fc') if hasattr(model, 'pretrained_cfg') else 'head.fc'
+    dropped = [k for k in state_dict if k not in model_state and k.endswith('.conv_dw.weight')]
+    unexpected = [k for k in state_dict if k not in model_state and k not in dropped]
+    mismatched = [
+        f'{k}: checkpoint {tuple(v.shape)}, model {tuple(model_state[k].shape)}'
+        for k, v in state_dict.items()
+        if k in model_state and v.shape != model_state[k].shape and not k.startswith(classifier + '.')
+    ]
+    kept_init = [k for k in model_state if k not in state_dict and '.conv_dw.kernel_' in k]
+    missing = [k for k in model_state if k not in state_dict and k not in kept_init]
+    problems = []
+    if mismatched:
+        problems.append(f'{len(mismatched)} tensors of another shape ({"; ".join(mismatched[:3])})')
+    if missing:
+        problems.append(f'{len(missing)} model tensors missing from the checkpoint ({", ".join(missing[:3])})')
+    if unexpected:
+        problems.append(f'{len(unexpected)} checkpoint tensors the model has no place for ({", ".join(unexpected[:3])})')
+    if problems:
+        raise ValueError(
+            'checkpoint does not fit this model: ' + '; '.join(problems) +
+            '. Was it made for another model size? (e.g. convnext_tiny weights fit sgconvnext_tiny only)')
+    if dropped or kept_init:
+        _logger.warning(
+            f'Warm start: loaded {len(state_dict) - len(dropped)} shared tensors; did not load {len(dropped)} '
+            f'ConvNeXt 7x7 kernels ({", ".join(dropped)}); kept {len(kept_init)} SGConv kernel tensors at '
+            f'their init ({", ".join(kept_init)}).')
+    out = {k: v for k, v in state_dict.items() if k not in dropped}
+    out.update({k: model_state[k] for k in kept_init})
+    return out
+
+
+def _has_weight_source(cfg) -> bool:
+    cfg = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg or {})
+    return any(cfg.get(key) for key in ('state_dict', 'file', 'url', 'hf_hub_id')) or cfg.get('source') == 'local-dir'
+
+
+def _create_sgconvnext(variant: str, pretrained: bool = False, **kwargs) -> SGConvNeXt:
+    if pretrained:
+        cfg = resolve_pretrained_cfg(
+            variant,
+            pretrained_cfg=kwargs.get('pretrained_cfg'),
+            pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'),
+        )
+        if not _has_weight_source(cfg):
+            raise ValueError(
+                f'No ImageNet weights exist for {variant} yet. Pass pretrained_cfg_overlay=dict(file=PATH) with a '
+                f'local .pth/.pth.tar/.safetensors checkpoint (an {variant} one, or a same-size convnext_* one '
+                f'for a warm start), or use pretrained=False.')
+    return build_model_with_cfg(
+        SGConvNeXt, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
+        **kwargs)
+
+
+def _cfg(**kwargs):
+    return {
+        'url': '',
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bicubic',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem.0', 'classifier': 'head.fc',
+        'license': 'apache-2.0', **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'sgconvnext_atto': _cfg(),
+    'sgconvnext_femto': _cfg(),
+    'sgconvnext_pico': _cfg(),
+    'sgconvnext_nano': _cfg(),
+    'sgconvnext_tiny': _cfg(),
+    'sgconvnext_small': _cfg(),
+    'sgconvnext_base': _cfg(),
+    'sgconvnext_large': _cfg(),
+})
+
+
+@register_model
+def sgconvnext_atto(pretrained=False, **kwargs) -> SGConvNeXt:
+    model_args = dict(depths=(2, 2, 6, 2), dims=(40, 80, 160, 320), conv_mlp=True)
+    return _create_sgconvnext('sgconvnext_atto', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sgconvnext_femto(pretrained=False, **kwargs) -> SGConvNeXt:
+    model_args = dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True)
+    return _create_sgconvnext('sgconvnext_femto', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sgconvnext_pico(pretrained=False, **kwargs) -> SGConvNeXt:
+    model_args = dict(depths=(2, 2, 6, 2), dims=(64, 128, 256, 512), conv_mlp=True)
+    return _create_sgconvnext('sgconvnext_pico', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sgconvnext_nano(pretrained=False, **kwargs) -> SGConvNeXt:
+    model_args = dict(depths=(2, 2, 8, 2), dims=(80, 160, 320, 640), conv_mlp=True)
+    return _create_sgconvnext('sgconvnext_nano', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sgconvnext_tiny(pretrained=False, **kwargs) -> SGConvNeXt:
+    model_args = dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
+    return _create_sgconvnext('sgconvnext_tiny', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sgconvnext_small(pretrained=False, **kwargs) -> SGConvNeXt:
+    model_args = dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
+    return _create_sgconvnext('sgconvnext_small', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sgconvnext_base(pretrained=False, **kwargs) -> SGConvNeXt:
+    model_args = dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
+    return _create_sgconvnext('sgconvnext_base', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def sgconvnext_large(pretrained=False, **kwargs) -> SGConvNeXt:
+    model_args = dict(depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536))
+    return _create_sgconvnext('sgconvnext_large', pretrained=pretrained, **dict(model_args, **kwargs))
