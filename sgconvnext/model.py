@@ -109,9 +109,11 @@ def checkpoint_filter_fn(state_dict, model: SGConvNeXt):
     if unexpected:
         problems.append(f'{len(unexpected)} checkpoint tensors the model has no place for ({", ".join(unexpected[:3])})')
     if problems:
-        raise ValueError(
-            'checkpoint does not fit this model: ' + '; '.join(problems) +
-            '. Was it made for another model size? (e.g. convnext_tiny weights fit sgconvnext_tiny only)')
+        hint = 'Was it made for another model size? (e.g. convnext_tiny weights fit sgconvnext_tiny only)'
+        if mismatched and all('.conv_dw.kernel_' in m for m in mismatched):
+            hint = ('Only SGConv kernels differ: the checkpoint was built for another img_size. Build the model with '
+                    'the img_size it was trained at; it still runs at any input size.')
+        raise ValueError('checkpoint does not fit this model: ' + '; '.join(problems) + '. ' + hint)
     if dropped or kept_init:
         _logger.warning(
             f'Warm start: loaded {len(state_dict) - len(dropped)} shared tensors; did not load {len(dropped)} '

@@ -218,6 +218,12 @@ def test_warm_start_from_a_different_size_fails_loudly(tmp_path):
         timm.create_model('sgconvnext_atto', depths=(2, 2, 4, 2), pretrained=True, pretrained_cfg_overlay=dict(file=path))
 
 
+def test_checkpoint_for_another_img_size_says_so(tmp_path):
+    state = timm.create_model('sgconvnext_atto', img_size=64).state_dict()
+    with pytest.raises(ValueError, match='another img_size'):
+        timm.create_model('sgconvnext_atto', img_size=256, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state))
+
+
 @pytest.mark.slow
 def test_convnext_tiny_weights_into_sgconvnext_small_fail(tmp_path):
     state = timm.create_model('convnext_tiny').state_dict()
