@@ -1,0 +1,62 @@
+"""Model creation for the training and validation scripts: timm's ``create_model`` with one-line errors.
+
+* An unknown model name is a CLIError with the closest registered names.
+* sgconvnext models get ``img_size`` (the size their SGConv kernels are built for) from the training
+  resolution, unless ``--model-kwargs img_size=...`` sets it.
+* ``pretrained_path`` is loaded as the pretrained weights (timm's ``--pretrained-path``): for
+  sgconvnext models this is how a ConvNeXt checkpoint becomes a warm start.
+"""
+import difflib
+import os
+from typing import Optional, Sequence
+
+import timm
+from timm.models import model_entrypoint
+
+from .config import CLIError
+
+__all__ = ['is_sgconvnext', 'check_model_name', 'create_model_checked']
+
+
+def is_sgconvnext(name: str) -> bool:
+    return timm.is_model(name) and model_entrypoint(name).__module__.startswith('sgconvnext')
+
+
+def check_model_name(name: str) -> None:
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else "; list them with timm.list_models('*name*')"
+        raise CLIError(f"unknown model '{name}' (not registered with timm, sgconvnext_* included){hint}")
+
+
+def create_model_checked(
+        name: str,
+        *,
+        pretrained: bool = False,
+        pretrained_path: Optional[str] = None,
+        img_size: Optional[Sequence[int]] = None,
+        model_kwargs: Optional[dict] = None,
+        **kwargs,
+):
+    """``timm.create_model(name, ...)``; ``img_size`` (H, W) only reaches sgconvnext models."""
+    check_model_name(name)
+    model_kwargs = dict(model_kwargs or {})
+    if pretrained_path:
+        if not os.path.isfile(pretrained_path):
+            raise CLIError(f'--pretrained-path {pretrained_path} is not a file')
+        # 'file' takes priority over the cfg's url / hub id; the head loads when the class counts match
+        kwargs['pretrained_cfg_overlay'] = dict(file=pretrained_path)
+    if is_sgconvnext(name):
+        if pretrained and not pretrained_path:
+            raise CLIError(f'--pretrained needs --pretrained-path PATH for {name} (no released weights yet): an '
+                           f'{name} checkpoint, or a same-size convnext_* one for a warm start')
+        if img_size is not None and 'img_size' not in model_kwargs:
+            model_kwargs['img_size'] = tuple(img_size)
+    checkpoint_path = kwargs.get('checkpoint_path')
+    if checkpoint_path and not os.path.isfile(checkpoint_path):
+        raise CLIError(f'--initial-checkpoint {checkpoint_path} is not a file')
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs, **model_kwargs)
+    except (ValueError, RuntimeError, TypeError, FileNotFoundError) as e:
+        message = ' '.join(str(e).split())
+        raise CLIError(f'cannot create {name}: {message[:600]}') from None
