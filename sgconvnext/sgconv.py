@@ -107,7 +107,7 @@ def fft_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor) -> torch.Ten
     A circular convolution of length n >= 2L-1 holds every offset in -(L-1)..L-1 without wrapping
     onto another, so outputs 0..L-1 equal the linear convolution's.
     """
-    h, w = x.shape[-2:]
+    h, w = int(x.shape[-2]), int(x.shape[-1])
     dtype = torch.promote_types(torch.promote_types(x.dtype, kh.dtype), torch.float32)
     n_h, n_w = fast_fft_length(2 * h - 1), fast_fft_length(2 * w - 1)
     # cuFFT half precision takes only powers of two and bf16 FFT does not exist: compute in float32+.
@@ -199,7 +199,7 @@ class SGConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        height, width = x.shape[-2:]
+        height, width = int(x.shape[-2]), int(x.shape[-1])  # ints also under torch.jit.trace (fvcore)
         kh, kw = self.axis_kernels(height, width)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or kh.requires_grad)
         backend = self.resolve_backend(height, width, x.device, needs_grad)

@@ -71,6 +71,7 @@ def write_section(path: str, key: str, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.bench-', suffix='.md')
     with os.fdopen(fd, 'w') as f:
         f.write(new)
+    os.chmod(tmp, 0o644)  # mkstemp makes the file private; a report is for everyone
     os.replace(tmp, path)
 
 

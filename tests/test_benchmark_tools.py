@@ -1,0 +1,178 @@
+"""tools/benchmark.py and tools/plot_kernels.py end to end on CPU, small models and sizes."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, 'tools')
+sys.path.insert(0, TOOLS)
+
+import benchmark  # noqa: E402
+import plot_kernels  # noqa: E402
+from sgconvnext import SGConv2d  # noqa: E402
+from sgconvnext.sgconv import choose_backend  # noqa: E402
+
+ATTO = ['sgconvnext_atto', 'convnext_atto']
+FAST = ['--img-size', '64', '--batch-size', '2', '--warmup', '0', '--steps', '2', '--device', 'cpu']
+
+
+def test_end_to_end_bench_all_writes_json_and_report(tmp_path):
+    out, report = tmp_path / 'rows.json', tmp_path / 'BENCH.md'
+    report.write_text('# Benchmarks\n\n<!-- other:start -->\nkeep me\n<!-- other:end -->\n')
+    cmd = [sys.executable, os.path.join(TOOLS, 'benchmark.py'), '--models', *ATTO, '--bench', 'all', *FAST,
+           '--json', str(out), '--write', str(report), '--section', 'test']
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())
+    assert [r['model'] for r in rows] == ATTO
+    for row in rows:
+        model = timm.create_model(row['model'], **({'img_size': 64} if row['model'].startswith('sg') else {}))
+        assert row['params'] == sum(p.numel() for p in model.parameters())
+        assert row['img_size'] == 64 and row['batch_size'] == 2
+        assert 0 < row['mixer_gmacs'] < row['gmacs'] and row['gmacs_train'] > 0 and row['activations_m'] > 0
+        for mode in ('infer', 'train'):
+            assert row[f'{mode}_img_s'] == pytest.approx(2 / (row[f'{mode}_ms_per_step'] / 1e3))
+            assert row[f'{mode}_img_s'] > 0
+    assert rows[1]['gmacs'] == rows[1]['gmacs_train']  # ConvNeXt's ops do not depend on grad mode
+    assert rows[0]['auto_backends'] and rows[1]['auto_backends'] == []
+    text = report.read_text()
+    assert 'keep me' in text and '<!-- benchmark:test:start -->' in text
+    assert '| 64 | sgconvnext_atto |' in text and '| 64 | sgconvnext_atto |' in done.stdout
+    assert 'timing train' in done.stderr  # progress goes to stderr
+
+
+def test_sweep_rows_report_the_backend_auto_runs_per_stage():
+    rows = benchmark.main(['--models', 'sgconvnext_atto', '--bench', 'flops', '--img-size', '32', '64',
+                           '--device', 'cpu'])
+    assert [r['img_size'] for r in rows] == [32, 64]
+    for row in rows:
+        assert 'infer_img_s' not in row and 'train_img_s' not in row
+        size = row['img_size']
+        # ConvNeXt maps: stem /4, then /2 per stage
+        assert [s['map'] for s in row['auto_backends']] == [[size // r] * 2 for r in (4, 8, 16, 32)]
+        for stage in row['auto_backends']:
+            h, w = stage['map']
+            assert stage['infer'] == choose_backend(h, w, torch.device('cpu'), needs_grad=False)
+            assert stage['train'] == choose_backend(h, w, torch.device('cpu'), needs_grad=True)
+    assert rows[1]['gmacs'] > 3.5 * rows[0]['gmacs']  # 4x the pixels, at least ~4x the MACs
+
+
+def test_model_kwargs_reach_the_model_and_threads_are_restored():
+    threads = torch.get_num_threads()
+    rows = benchmark.main(['--models', 'sgconvnext_atto', '--model-kwargs', 'sg_backend=fft', 'sg_kernel_dim=4',
+                           '--img-size', '32', '--bench', 'flops', '--threads', '1', '--device', 'cpu'])
+    assert rows[0]['model_kwargs'] == {'sg_backend': 'fft', 'sg_kernel_dim': 4}
+    assert {s['infer'] for s in rows[0]['auto_backends']} == {s['train'] for s in rows[0]['auto_backends']} == {'fft'}
+    assert torch.get_num_threads() == threads
+
+
+def test_rates_keep_three_significant_digits():
+    assert [benchmark._rate(v) for v in (1234.5, 109.4, 10.12, 3.251, 0.4123, 9.996)] == \
+        ['1230', '109', '10.1', '3.25', '0.412', '10.0']
+
+
+def test_report_ratios_are_to_the_first_model_of_each_size():
+    rows = [dict(model='a', img_size=64, params_m=2.0, gmacs=1.0, gmacs_train=1.0, mixer_gmacs=None,
+                 activations_m=1.0, auto_backends=[]),
+            dict(model='b', img_size=64, params_m=3.0, gmacs=0.5, gmacs_train=0.5, mixer_gmacs=None,
+                 activations_m=2.0, auto_backends=[])]
+    lines = benchmark.format_table(rows, ['flops'])
+    assert lines[2].startswith('| 64 | a | 2.00 (1.00) | 1.000 (1.00)')
+    assert lines[3].startswith('| 64 | b | 3.00 (1.50) | 0.500 (0.50)')
+    assert 'mixer' not in lines[0]
+
+
+def test_model_groups_take_ratios_to_their_own_first_model():
+    args = benchmark.parse_args(['--models', *ATTO, '--models', 'convnext_femto', 'convnext_atto'])
+    assert args.groups == [ATTO, ['convnext_femto', 'convnext_atto']] and len(args.models) == 4
+    rows = [dict(model=m, group=g, img_size=64, params_m=p, auto_backends=[])
+            for m, g, p in (('a', 0, 2.0), ('b', 0, 4.0), ('c', 1, 5.0), ('d', 1, 10.0))]
+    lines = benchmark.format_table(rows, [])
+    assert [line.split('|')[3].strip() for line in lines[2:]] == ['2.00 (1.00)', '4.00 (2.00)', '5.00 (1.00)',
+                                                                  '10.00 (2.00)']
+
+
+def test_defaults_compare_tiny_models_flops_and_inference():
+    args = benchmark.parse_args([])
+    assert args.models == ['sgconvnext_tiny', 'convnext_tiny'] and args.groups == [args.models]
+    assert args.bench == ['flops', 'infer'] and args.img_size == [224]
+
+
+@pytest.mark.parametrize('argv,match', [
+    (['--models', 'sgconvnext_atoo'], "unknown model 'sgconvnext_atoo'"),
+    (['--img-size', 'big'], 'image size must be a positive integer'),
+    (['--img-size', '0'], 'image size must be a positive integer'),
+    (['--batch-size', '0'], '--batch-size must be >= 1'),
+    (['--steps', '0'], '--steps must be >= 1'),
+    (['--models', 'convnext_atto', 'convnext_atto'], 'twice'),
+    (['--device', 'tpu'], '--device must be cpu or cuda'),
+    (['--bench', 'speed'], 'invalid choice'),
+    (['--section', 'x'], '--section'),
+    (['--threads', '0'], '--threads must be >= 1'),
+    (['--model-kwargs', 'sg_backend'], 'KEY=VALUE'),
+])
+def test_bad_arguments_give_a_one_line_error(argv, match, capsys):
+    with pytest.raises(SystemExit) as exc:
+        benchmark.parse_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert 'error:' in err and match in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the refusal on a machine without CUDA')
+def test_cuda_without_cuda_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['--device', 'cuda'])
+    assert 'torch.cuda.is_available() is False' in capsys.readouterr().err
+
+
+def test_model_that_cannot_take_the_size_names_model_and_size():
+    with pytest.raises(SystemExit, match='convnext_atto at --img-size 8'):
+        benchmark.main(['--models', 'convnext_atto', '--img-size', '8', '--bench', 'flops', '--device', 'cpu'])
+
+
+@pytest.mark.parametrize('model,size,stages', [('sgconvnext_atto', 64, 4), ('convnext_atto', 64, 4)])
+def test_plot_kernels_writes_png_of_the_documented_size(tmp_path, model, size, stages):
+    out = tmp_path / 'k.png'
+    channels, cell = 3, 20
+    plot_kernels.main(['--model', model, '--img-size', str(size), '--channels', str(channels), '--cell', str(cell),
+                       '--out', str(out)])
+    with Image.open(out) as image:
+        assert image.format == 'PNG'
+        width = max(plot_kernels.MIN_WIDTH, plot_kernels.LABEL_WIDTH + channels * (cell + plot_kernels.GAP)
+                    + plot_kernels.MARGIN)
+        height = (plot_kernels.TITLE_HEIGHT + stages * (cell + plot_kernels.GAP) + plot_kernels.PROFILE_HEIGHT
+                  + plot_kernels.MARGIN)
+        assert image.size == (width, height)
+
+
+def test_plot_kernels_from_checkpoint_shows_its_weights(tmp_path):
+    model = timm.create_model('sgconvnext_atto', img_size=64)
+    layer = model.stages[3].blocks[0].conv_dw
+    with torch.no_grad():
+        layer.kernel_h.weight.zero_()
+        layer.kernel_h.weight[:, 0, 0, 0] = 1.0  # offset 0 only on the H axis: K[c] is one row
+    path = tmp_path / 'ckpt.pth'
+    torch.save(model.state_dict(), path)
+    loaded = plot_kernels.build_model('sgconvnext_atto', 64, str(path), use_ema=False)
+    (_, kernels, mixer), = [r for i, r in enumerate(plot_kernels.stage_kernels(loaded)) if i == 3]
+    assert isinstance(mixer, SGConv2d)
+    centre = kernels.shape[1] // 2
+    assert kernels[:, centre].abs().sum() > 0
+    assert kernels[:, :centre].abs().sum() == 0 and kernels[:, centre + 1:].abs().sum() == 0
+    assert plot_kernels.main(['--model', 'sgconvnext_atto', '--img-size', '64', '--checkpoint', str(path),
+                              '--no-ema', '--out', str(tmp_path / 'k.png')]) == str(tmp_path / 'k.png')
+
+
+def test_plot_kernels_refuses_a_checkpoint_of_another_size(tmp_path):
+    path = tmp_path / 'ckpt.pth'
+    torch.save(timm.create_model('sgconvnext_atto', img_size=64).state_dict(), path)
+    with pytest.raises(SystemExit, match='cannot build sgconvnext_atto'):
+        plot_kernels.main(['--model', 'sgconvnext_atto', '--img-size', '224', '--checkpoint', str(path),
+                           '--out', str(tmp_path / 'k.png')])

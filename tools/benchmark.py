@@ -1,0 +1,417 @@
+#!/usr/bin/env python
+"""Params, GMACs (fvcore, FFTs counted), activations and img/s of timm models, side by side.
+
+    python tools/benchmark.py                     # sgconvnext_tiny vs convnext_tiny: FLOPs + inference
+    python tools/benchmark.py --models sgconvnext_atto convnext_atto --bench all --batch-size 8
+    python tools/benchmark.py --img-size 224 384 512 1024 --bench flops          # resolution sweep
+    python tools/benchmark.py --models sgconvnext_atto convnext_atto --models sgconvnext_nano convnext_nano
+    python tools/benchmark.py --device cuda --amp bf16 --channels-last --compile --bench all --json rows.json
+    python tools/benchmark.py --models sgconvnext_tiny --model-kwargs sg_backend=fft --bench flops  # another backend
+    python tools/benchmark.py --bench all --threads 1 --write docs/BENCHMARKS.md --section my-run   # record a table
+
+Any timm model name works (importing sgconvnext registers the sgconvnext_* family). Models that take
+``img_size`` (SGConvNeXt, ViTs) are built for each --img-size; the others are built once per size as is.
+
+* GMACs: fvcore multiply-adds per image at batch 1, with sgconvnext.flops' handles (FFTs and complex
+  products counted, see that module). "GMACs" is the inference forward (eval, no grad); "GMACs train"
+  the forward as run when training. They differ only where the ops depend on grad mode: SGConv2d's
+  "auto" backend picks per map size and grad mode (a table lists its picks per stage).
+* mixer GMACs: the part of GMACs spent in the blocks' token mixers (modules named ``conv_dw``).
+* act. (M): fvcore activations (outputs of convs, matmuls, FFTs) per image.
+* img/s: --warmup untimed steps, then the median of --steps timed steps per model, models interleaved
+  step by step (so drifts in machine load hit all alike), synchronized on CUDA. Inference: eval mode,
+  torch.no_grad(). Training: train mode, forward, cross-entropy on random labels, backward, SGD step.
+* Ratios in parentheses are to the first model at the same image size. --models may be given several
+  times: each group is timed (interleaved) and compared (ratios to its own first model) on its own.
+"""
+import argparse
+import ast
+import contextlib
+import datetime
+import difflib
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from bench_utils import (command_line, describe_machine, git_revision, interleaved_medians, log, synchronize,
+                         write_section)
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+import timm  # noqa: E402
+import sgconvnext  # noqa: E402,F401  (registers the sgconvnext_* models)
+from sgconvnext import SGConv2d  # noqa: E402
+from sgconvnext.flops import count_activations, count_flops  # noqa: E402
+
+BENCHES = ('flops', 'infer', 'train')
+NOISY_SPREAD = 0.2  # (max - min) / median of the timed steps above which a timing is flagged as noisy
+
+
+def _img_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'image size must be a positive integer, got {text!r}')
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'image size must be a positive integer, got {value}')
+    return value
+
+
+def _kwarg(text: str):
+    key, sep, value = text.partition('=')
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f'model kwargs are KEY=VALUE pairs, got {text!r}')
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--models', nargs='+', action='append', default=None, metavar='NAME',
+                   help='timm model names; ratios are to the first; repeat the flag for several groups '
+                        '(default: sgconvnext_tiny convnext_tiny)')
+    p.add_argument('--img-size', nargs='+', type=_img_size, default=[224], metavar='N',
+                   help='square input sizes; several make a resolution sweep (default: 224)')
+    p.add_argument('--model-kwargs', nargs='+', type=_kwarg, default=[], metavar='KEY=VALUE',
+                   help='extra timm.create_model kwargs for every model (e.g. sg_backend=fft drop_path_rate=0.1)')
+    p.add_argument('--batch-size', type=int, default=None, help='batch size for timing (default: 8 on cpu, 64 on cuda)')
+    p.add_argument('--device', default=None, help='cpu or cuda[:i] (default: cuda if available, else cpu)')
+    p.add_argument('--amp', choices=('none', 'bf16', 'fp16'), default='none', help='autocast dtype for timing')
+    p.add_argument('--channels-last', action='store_true', help='channels_last model and inputs for timing')
+    p.add_argument('--compile', action='store_true', help='torch.compile the model for timing (not for FLOPs)')
+    p.add_argument('--bench', nargs='+', choices=BENCHES + ('all',), default=['flops', 'infer'],
+                   help='what to measure (default: flops infer)')
+    p.add_argument('--warmup', type=int, default=None, help='untimed steps per model (default: 2 on cpu, 10 on cuda)')
+    p.add_argument('--steps', type=int, default=None, help='timed steps per model (default: 5 on cpu, 30 on cuda)')
+    p.add_argument('--threads', type=int, default=None,
+                   help='torch CPU threads (default: torch\'s, one per core); 1 is steadier on a shared machine')
+    p.add_argument('--json', metavar='PATH', help='write the rows as a JSON list')
+    p.add_argument('--write', metavar='PATH', help='write the report into this markdown file (e.g. docs/BENCHMARKS.md)')
+    p.add_argument('--section', default=None, help='report section name in --write (key "benchmark:NAME")')
+    args = p.parse_args(argv)
+
+    args.model_kwargs = dict(args.model_kwargs)
+    args.groups = args.models or [['sgconvnext_tiny', 'convnext_tiny']]
+    args.models = [name for group in args.groups for name in group]
+    unknown = [name for name in args.models if not timm.is_model(name)]
+    for group in args.groups:
+        if len(set(group)) != len(group):
+            p.error(f'--models names a model twice: {" ".join(group)}')
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        p.error(f'unknown model {name!r}' + (f' (did you mean {", ".join(close)}?)' if close else
+                                              ' (not a timm model name; see timm.list_models())'))
+    if args.device is None:
+        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        p.error(f'--device must be cpu or cuda[:index], got {args.device!r}')
+    if device.type not in ('cpu', 'cuda'):
+        p.error(f'--device must be cpu or cuda[:index], got {args.device!r}')
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        p.error('--device cuda was asked for but torch.cuda.is_available() is False')
+    on_cuda = device.type == 'cuda'
+    args.batch_size = args.batch_size if args.batch_size is not None else (64 if on_cuda else 8)
+    args.warmup = args.warmup if args.warmup is not None else (10 if on_cuda else 2)
+    args.steps = args.steps if args.steps is not None else (30 if on_cuda else 5)
+    if args.threads is not None and args.threads < 1:
+        p.error(f'--threads must be >= 1, got {args.threads}')
+    if args.batch_size < 1:
+        p.error(f'--batch-size must be >= 1, got {args.batch_size}')
+    if args.steps < 1 or args.warmup < 0:
+        p.error(f'--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}')
+    args.bench = list(BENCHES) if 'all' in args.bench else [b for b in BENCHES if b in args.bench]
+    if args.section is not None and not args.write:
+        p.error('--section names a section of --write PATH; give --write too')
+    return args
+
+
+def create_model(name: str, img_size: int, device: torch.device, **kwargs):
+    """timm model ``name``, built for ``img_size`` when it takes that argument."""
+    try:
+        model = timm.create_model(name, img_size=img_size, **kwargs)
+    except TypeError as e:
+        if 'img_size' not in str(e):
+            raise
+        model = timm.create_model(name, **kwargs)
+    return model.to(device)
+
+
+def example_input(model, batch_size: int, img_size: int, device: torch.device) -> torch.Tensor:
+    channels = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size', (3,))[0]
+    return torch.randn(batch_size, channels, img_size, img_size, device=device)
+
+
+def auto_backends(model, x: torch.Tensor):
+    """Per stage of SGConv2d layers: map size and the backend "auto" runs for inference and training.
+
+    Map sizes come from one forward pass (batch 1, no grad) with pre-hooks on the SGConv2d layers.
+    Returns [] for models without SGConv2d.
+    """
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, SGConv2d)]
+    if not layers:
+        return []
+    sizes = {}
+
+    def record(name):
+        def hook(module, inputs):
+            sizes.setdefault(name, tuple(inputs[0].shape[-2:]))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name)) for name, m in layers]
+    try:
+        with torch.no_grad():
+            model.eval()(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    stages = {}
+    for name, layer in layers:
+        h, w = sizes[name]
+        stage = name.split('.')[1] if name.startswith('stages.') else name.rsplit('.', 1)[0]
+        entry = stages.setdefault(stage, {'stage': stage, 'map': [h, w], 'infer': set(), 'train': set()})
+        entry['infer'].add(layer.resolve_backend(h, w, x.device, needs_grad=False))
+        entry['train'].add(layer.resolve_backend(h, w, x.device, needs_grad=True))
+    return [dict(e, infer='/'.join(sorted(e['infer'])), train='/'.join(sorted(e['train']))) for e in stages.values()]
+
+
+def measure_flops(model, x: torch.Tensor) -> dict:
+    """Per-image GMACs (inference and training forward), mixer GMACs and activations, at batch 1."""
+    x1 = x[:1]
+    model.eval()
+    flops = count_flops(model, x1, grad_enabled=False).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    macs = flops.total()
+    mixers = [name for name, _ in model.named_modules() if name.endswith('conv_dw')]
+    mixer_macs = sum(flops.total(name) for name in mixers) if mixers else None
+    if any(isinstance(m, SGConv2d) for m in model.modules()):  # auto's pick depends on grad mode
+        train = count_flops(model, x1, grad_enabled=True).unsupported_ops_warnings(False)
+        macs_train = train.uncalled_modules_warnings(False).total()
+    else:
+        macs_train = macs
+    acts = count_activations(model, x1, grad_enabled=False).unsupported_ops_warnings(False)
+    acts = acts.uncalled_modules_warnings(False).total()
+    return {'gmacs': macs / 1e9, 'gmacs_train': macs_train / 1e9,
+            'mixer_gmacs': None if mixer_macs is None else mixer_macs / 1e9, 'activations_m': acts / 1e6}
+
+
+class _Recorder:
+    """Wraps a step so its own durations are kept too (interleaved_medians only returns medians)."""
+
+    def __init__(self, fn, device):
+        self.fn, self.device, self.times = fn, device, []
+
+    def __call__(self):
+        synchronize(self.device)
+        start = time.perf_counter()
+        self.fn()
+        synchronize(self.device)
+        self.times.append(time.perf_counter() - start)
+
+    def spread(self, warmup: int) -> float:
+        timed = self.times[warmup:]
+        return (max(timed) - min(timed)) / statistics.median(timed)
+
+
+def time_steps(models: dict, x: torch.Tensor, mode: str, args, device: torch.device) -> dict:
+    """{name: (seconds per step, spread)} for 'infer' or 'train' steps, models interleaved."""
+    amp_dtype = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+
+    steps = {}
+    for name, (model, runner) in models.items():
+        model.train(mode == 'train')
+        if mode == 'infer':
+            def step(runner=runner):
+                with torch.no_grad(), autocast():
+                    runner(x)
+        else:
+            optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+            target = torch.randint(0, max(1, getattr(model, 'num_classes', 1000)), (x.shape[0],), device=device)
+
+            def step(runner=runner, optimizer=optimizer, target=target):
+                with autocast():
+                    out = runner(x)
+                    loss = F.cross_entropy(out.float(), target) if out.dim() == 2 else out.float().mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        steps[name] = _Recorder(step, device)
+    log(f'  timing {mode}: {args.warmup} warm-up + {args.steps} timed steps per model, interleaved'
+        + (' (first calls compile)' if args.compile else ''))
+    medians = interleaved_medians(steps, device, warmup=args.warmup, runs=args.steps)
+    return {name: (medians[name], steps[name].spread(args.warmup)) for name in steps}
+
+
+def run_group(args, group: list, index: int, img_size: int, device: torch.device) -> list:
+    """Rows for every model of one --models group at one image size."""
+    rows, models = [], {}
+    for name in group:
+        log(f'[{img_size}px] {name}: building')
+        try:
+            model = create_model(name, img_size, device, **args.model_kwargs)
+            x = example_input(model, args.batch_size, img_size, device)
+            backends = auto_backends(model, x)
+            if not backends:
+                with torch.no_grad():
+                    model.eval()(x[:1])  # a clear error now if the model cannot take this size
+        except Exception as e:  # noqa: BLE001 -- one line naming the model and size, not a traceback
+            raise SystemExit(f'benchmark.py: error: {name} at --img-size {img_size}: {type(e).__name__}: {e}')
+        row = {'model': name, 'model_kwargs': args.model_kwargs, 'group': index, 'img_size': img_size, 'batch_size': args.batch_size,
+               'device': str(device), 'amp': args.amp, 'channels_last': args.channels_last, 'compile': args.compile,
+               'params': sum(p.numel() for p in model.parameters()), 'auto_backends': backends}
+        row['params_m'] = row['params'] / 1e6
+        if 'flops' in args.bench:
+            log(f'[{img_size}px] {name}: counting FLOPs')
+            row.update(measure_flops(model, x))
+        rows.append(row)
+        if 'infer' in args.bench or 'train' in args.bench:
+            if args.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            models[name] = (model, torch.compile(model) if args.compile else model)
+    if models:
+        x = example_input(next(iter(models.values()))[0], args.batch_size, img_size, device)
+        if args.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for mode in ('infer', 'train'):
+            if mode in args.bench:
+                log(f'[{img_size}px] timing {mode} at batch {args.batch_size}')
+                timings = time_steps(models, x, mode, args, device)
+                for row in rows:
+                    seconds, spread = timings[row['model']]
+                    row[f'{mode}_ms_per_step'] = seconds * 1e3
+                    row[f'{mode}_img_s'] = args.batch_size / seconds
+                    row[f'{mode}_spread'] = spread
+    return rows
+
+
+def _rate(value: float) -> str:
+    """Three significant digits without exponents: 1234, 109, 10.1, 3.25, 0.412."""
+    value = float(f'{value:.3g}')
+    return f'{value:.0f}' if value >= 100 else f'{value:.1f}' if value >= 10 else f'{value:.2f}' if value >= 1 \
+        else f'{value:.3f}'
+
+
+COLUMNS = [  # (row key, header, format, bench that measures it)
+    ('params_m', 'params (M)', '{:.2f}', None),
+    ('gmacs', 'GMACs', '{:.3f}', 'flops'),
+    ('gmacs_train', 'GMACs train', '{:.3f}', 'flops'),
+    ('mixer_gmacs', 'mixer GMACs', '{:.3f}', 'flops'),
+    ('activations_m', 'act. (M)', '{:.2f}', 'flops'),
+    ('infer_img_s', 'infer img/s', _rate, 'infer'),
+    ('train_img_s', 'train img/s', _rate, 'train'),
+]
+
+
+def _cell(row, first, key, fmt) -> str:
+    value, base = row.get(key), first.get(key)
+    if value is None:
+        return 'n/a'
+    ratio = f' ({value / base:.2f})' if base else ''
+    return (fmt(value) if callable(fmt) else fmt.format(value)) + ratio
+
+
+def format_table(rows: list, benches: list) -> list:
+    """Markdown lines: one row per (image size, model), ratios to the first model of that size."""
+    columns = [c for c in COLUMNS if c[3] is None or c[3] in benches]
+    if not any(r.get('mixer_gmacs') is not None for r in rows):
+        columns = [c for c in columns if c[0] != 'mixer_gmacs']
+    lines = ['| img | model | ' + ' | '.join(c[1] for c in columns) + ' |',
+             '|---|---|' + '---|' * len(columns)]
+    firsts = {}
+    for row in rows:
+        first = firsts.setdefault((row['img_size'], row.get('group', 0)), row)
+        cells = [_cell(row, first, key, fmt) for key, _, fmt, _ in columns]
+        lines.append(f"| {row['img_size']} | {row['model']} | " + ' | '.join(cells) + ' |')
+    return lines
+
+
+def format_backends(rows: list) -> list:
+    """Markdown lines: which backend SGConv2d's "auto" runs at each stage, inference / training."""
+    rows = [r for r in rows if r['auto_backends']]
+    if not rows:
+        return []
+    n = max(len(r['auto_backends']) for r in rows)
+    lines = ['| img | model | ' + ' | '.join(f'stage {i}: map, infer / train' for i in range(n)) + ' |',
+             '|---|---|' + '---|' * n]
+    for r in rows:
+        cells = [f"{s['map'][0]}x{s['map'][1]}: {s['infer']} / {s['train']}" for s in r['auto_backends']]
+        lines.append(f"| {r['img_size']} | {r['model']} | " + ' | '.join(cells + [''] * (n - len(cells))) + ' |')
+    return lines
+
+
+def noisy_timings(rows: list) -> list:
+    return [f"{r['model']} {r['img_size']}px {mode} ({r[f'{mode}_spread']:.0%})"
+            for r in rows for mode in ('infer', 'train') if r.get(f'{mode}_spread', 0) > NOISY_SPREAD]
+
+
+def make_report(rows: list, args, device: torch.device, load: tuple) -> str:
+    precision = 'fp32' if args.amp == 'none' else f'{args.amp} autocast'
+    timed = [b for b in ('infer', 'train') if b in args.bench]
+    kwargs = ' '.join(f'{k}={v}' for k, v in args.model_kwargs.items())
+    lines = [
+        f'### {" | ".join(", ".join(g) for g in args.groups)}{f" ({kwargs})" if kwargs else ""}: {", ".join(args.bench)}, {device.type}, {precision}',
+        '',
+        f'- date: {datetime.date.today().isoformat()}, commit {git_revision()}',
+        f'- machine: {describe_machine(device)}',
+        f'- command: `{command_line()}`',
+        '- GMACs per image at batch 1, fvcore with FFTs and complex products counted (`sgconvnext.flops`); '
+        '"GMACs" is the inference forward, "GMACs train" the forward as run in training (they differ where '
+        "SGConv2d's auto backend picks differently); mixer = the blocks' `conv_dw`",
+    ]
+    if timed:
+        lines.append(f'- img/s at batch {args.batch_size}: median of {args.steps} timed steps after {args.warmup} '
+                     f'warm-up steps, models interleaved step by step'
+                     + (', channels_last' if args.channels_last else '') + (', torch.compile' if args.compile else '')
+                     + f'; load average before / after: {load[0]:.2f} / {load[1]:.2f}')
+        noisy = noisy_timings(rows)
+        if noisy:
+            lines.append(f'- noisy: (max - min) / median of the timed steps above {NOISY_SPREAD:.0%} for '
+                         + ', '.join(noisy) + ' (the machine was shared; read those timings with care)')
+    lines += ['- in parentheses: ratio to the first model ' + ('of its group ' if len(args.groups) > 1 else '')
+              + 'at the same image size', '', *format_table(rows, args.bench)]
+    backends = format_backends(rows)
+    if backends:
+        lines += ['', 'SGConv2d `auto` backend per stage (inference / training):', '', *backends]
+    return '\n'.join(lines)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        load_before = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+        rows = []
+        for img_size in args.img_size:
+            for index, group in enumerate(args.groups):
+                rows += run_group(args, group, index, img_size, device)
+        load_after = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+        report = make_report(rows, args, device, (load_before, load_after))
+    finally:
+        torch.set_num_threads(threads)
+    print(report, flush=True)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(rows, f, indent=1)
+        log(f'wrote {args.json}')
+    if args.write:
+        section = args.section or f'{device.type}:{"-".join(args.models)}:{"-".join(map(str, args.img_size))}'
+        write_section(args.write, f'benchmark:{section}', report)
+        log(f'wrote {args.write} (section benchmark:{section})')
+    return rows
+
+
+if __name__ == '__main__':
+    main()
