@@ -23,7 +23,8 @@ real-operation counts, halved into that unit:
   gets the same count with or without these handles; it just no longer shows in ``unsupported_ops()``.
 
 Data-movement ops the layer uses (``aten::flip``, ``aten::unfold``, ``aten::pad``) are marked zero-cost,
-like fvcore's own ignored ops (``aten::permute``, ``aten::roll``, ...). The matmul backend's ``aten::bmm``,
+like fvcore's own ignored ops (``aten::permute``, ``aten::roll``, ...). The matmul backend's ``aten::bmm``
+(and ``aten::baddbmm``, a bmm with the bias added, given the same count here),
 the direct backend's depthwise ``aten::_convolution`` and the kernel generation's ``aten::matmul`` are
 counted by fvcore's handles already. Real elementwise ops (bias add, the kernels' ``1/Z``) follow
 fvcore's convention for every model: not counted, listed by ``unsupported_ops()``.
@@ -42,7 +43,7 @@ from torch import nn
 with warnings.catch_warnings():  # fvcore's import calls torch.jit.script, which now warns that it is deprecated
     warnings.filterwarnings('ignore', message='.*torch.jit.script.* is deprecated', category=FutureWarning)
     from fvcore.nn import ActivationCountAnalysis, FlopCountAnalysis
-    from fvcore.nn.jit_handles import generic_activation_jit, get_shape
+    from fvcore.nn.jit_handles import bmm_flop_jit, generic_activation_jit, get_shape
 
 __all__ = [
     'FFT_OPS', 'FLOP_HANDLES', 'ZERO_COST_OPS', 'complex_mul_flop_jit', 'count_activations', 'count_flops',
@@ -140,6 +141,15 @@ def complex_mul_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
 
 FLOP_HANDLES = {name: _fft_handle(name) for name in FFT_OPS}
 FLOP_HANDLES['aten::mul'] = complex_mul_flop_jit
+
+
+def baddbmm_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """``aten::baddbmm(input, batch1, batch2)``: the batched product's MACs, as fvcore counts ``aten::bmm``
+    (the added input is elementwise, not counted)."""
+    return bmm_flop_jit(inputs[1:3], outputs)
+
+
+FLOP_HANDLES['aten::baddbmm'] = baddbmm_flop_jit
 
 
 class _SGConvTracing:

@@ -10,11 +10,11 @@ size, never circular), then a per-channel bias is added. Two exact ways to compu
   axis spectra (the spatial 2-D kernel is never built), invert, crop. O(HW log HW).
 * ``"direct"``: two 1-D depthwise convolutions, (1, 2W-1) then (2H-1, 1), through the conv library
   (oneDNN / cuDNN); fast forward on small maps and native to channels_last, slow backward.
-* ``"auto"``: picks the one measured faster for the map size and for whether gradients are needed
-  (``choose_backend``).
+* ``"auto"``: picks the one measured faster for the map size, the input's memory format and whether
+  gradients are needed (``choose_backend``).
 """
 import math
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,19 +26,25 @@ __all__ = ['SGConv2d', 'BACKENDS', 'choose_backend', 'direct_conv2d', 'fast_fft_
 
 BACKENDS = ('auto', 'fft', 'matmul', 'direct')
 
-# Crossovers of "auto", measured with tools/bench_sgconv.py on CPU (docs/BENCHMARKS.md); not measured on
-# GPU yet, where the same rules are used.
-# * Training (gradients needed): matmul while its cost, H*W*(H+W) multiply-adds per channel, is below
-#   FFT_COST_FACTOR times n_h*n_w*log2(n_h*n_w) for the padded FFT. Matmul was faster at every square
-#   size measured, 7 to 1024 (2.4x faster at 1024); the factor puts the square crossover near 2800.
-# * Inference: direct up to DIRECT_MAX_SIDE (faster than matmul at 7, 14 and 28, slower at 56), else as above.
+# Crossovers of "auto", measured on CPU (tools/bench_sgconv.py, docs/BENCHMARKS.md); not measured on GPU
+# yet, where the same rules are used.
+# * direct runs through oneDNN's depthwise conv, fast on channels_last input (as timm's ConvNeXt blocks give
+#   it) and several times slower than matmul on contiguous NCHW input. On channels_last input it beat matmul
+#   in inference at 7 to 56 and tied at 112 and 128; with gradients it won at 7x7 (5x), tied at 14 and lost
+#   from 28 on (its backward is slow).
+# * Otherwise matmul while its cost, H*W*(H+W) multiply-adds per channel, is below FFT_COST_FACTOR times
+#   n_h*n_w*log2(n_h*n_w) for the padded FFT. Matmul was faster at every square size measured, 7 to 1024
+#   (2.4x faster at 1024); the factor puts the square crossover near 2800.
 FFT_COST_FACTOR = 56.0
-DIRECT_MAX_SIDE = 32
+DIRECT_MAX_SIDE_INFERENCE = 128
+DIRECT_MAX_SIDE_TRAINING = 8
 
 
-def choose_backend(height: int, width: int, device: torch.device, needs_grad: bool = True) -> str:
+def choose_backend(height: int, width: int, device: torch.device, needs_grad: bool = True,
+                   channels_last: bool = False) -> str:
     """Backend ``"auto"`` runs for an (height, width) map on ``device``."""
-    if not needs_grad and max(height, width) <= DIRECT_MAX_SIDE:
+    direct_max_side = DIRECT_MAX_SIDE_TRAINING if needs_grad else DIRECT_MAX_SIDE_INFERENCE
+    if channels_last and max(height, width) <= direct_max_side:
         return 'direct'
     n_h, n_w = fast_fft_length(2 * height - 1), fast_fft_length(2 * width - 1)
     matmul_cost = height * width * (height + width)
@@ -63,33 +69,38 @@ def _toeplitz(kernel: torch.Tensor, n: int) -> torch.Tensor:
     return kernel.flip(-1).unfold(-1, n, 1).flip(-2)
 
 
-def toeplitz_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor) -> torch.Tensor:
-    """Zero-padded separable convolution by two batched Toeplitz products.
+def toeplitz_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
+                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Zero-padded separable convolution by two batched Toeplitz products, plus an optional bias.
 
-    x: (B, C, H, W); kh: (C, 2H-1); kw: (C, 2W-1) centred kernels. Returns (B, C, H, W).
+    x: (B, C, H, W); kh: (C, 2H-1); kw: (C, 2W-1) centred kernels; bias: (C,). Returns (B, C, H, W).
     """
     b, c, h, w = x.shape
     th = _toeplitz(kh.to(x.dtype), h)                       # (C, H, H)
     tw_t = _toeplitz(kw.to(x.dtype), w).transpose(-1, -2)   # (C, W, W)
-    # Channels lead so each product is one GEMM per channel with the batch folded into its rows/columns.
-    # contiguous(): a channels_last x gives a view with no unit stride here, which bmm runs matrix by matrix.
-    y = torch.bmm(x.transpose(0, 1).reshape(c, b * h, w).contiguous(), tw_t)  # (C, B*H, W): rows times Tw^T
-    y = y.view(c, b, h, w).transpose(1, 2).reshape(c, h, b * w)          # (C, H, B*W)
-    y = torch.bmm(th, y)                                                 # (C, H, B*W): Th times columns
+    # One copy puts x in (C, H, B, W) order; then both products are per-channel GEMMs with the batch folded
+    # in, and neither needs another copy: Th @ (H, B*W), then (H*B, W) @ Tw^T. The bias rides on the second.
+    y = torch.bmm(th, x.permute(1, 2, 0, 3).reshape(c, h, b * w))      # (C, H, B*W)
+    y = y.view(c, h * b, w)
+    if bias is None:
+        y = torch.bmm(y, tw_t)
+    else:
+        y = torch.baddbmm(bias.to(y.dtype).view(c, 1, 1), y, tw_t)       # (C, H*B, W)
     return y.view(c, h, b, w).permute(2, 0, 1, 3)
 
 
-def direct_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor) -> torch.Tensor:
-    """Zero-padded separable convolution as two 1-D depthwise convolutions (W first, then H).
+def direct_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
+                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Zero-padded separable convolution as two 1-D depthwise convolutions (W first, then H), plus a bias.
 
-    x: (B, C, H, W); kh: (C, 2H-1); kw: (C, 2W-1) centred kernels. Returns (B, C, H, W).
+    x: (B, C, H, W); kh: (C, 2H-1); kw: (C, 2W-1) centred kernels; bias: (C,). Returns (B, C, H, W).
     conv2d correlates, so the kernels are flipped to convolve.
     """
     c, h, w = x.shape[1:]
     kw = kw.to(x.dtype).flip(-1).view(c, 1, 1, 2 * w - 1)
     kh = kh.to(x.dtype).flip(-1).view(c, 1, 2 * h - 1, 1)
     y = F.conv2d(x, kw, padding=(0, w - 1), groups=c)
-    return F.conv2d(y, kh, padding=(h - 1, 0), groups=c)
+    return F.conv2d(y, kh, None if bias is None else bias.to(x.dtype), padding=(h - 1, 0), groups=c)
 
 
 def _circular(kernel: torch.Tensor, n: int) -> torch.Tensor:
@@ -179,10 +190,11 @@ class SGConv2d(nn.Module):
         kh, kw = self.axis_kernels(_positive_int('height', height), _positive_int('width', width))
         return kh.unsqueeze(-1) * kw.unsqueeze(-2)
 
-    def resolve_backend(self, height: int, width: int, device: torch.device, needs_grad: bool = True) -> str:
+    def resolve_backend(self, height: int, width: int, device: torch.device, needs_grad: bool = True,
+                        channels_last: bool = False) -> str:
         """The backend a forward pass on an (height, width) map runs."""
         if self.backend == 'auto':
-            return choose_backend(height, width, device, needs_grad)
+            return choose_backend(height, width, device, needs_grad, channels_last)
         return self.backend
 
     def _check_input(self, x) -> None:
@@ -202,16 +214,14 @@ class SGConv2d(nn.Module):
         height, width = int(x.shape[-2]), int(x.shape[-1])  # ints also under torch.jit.trace (fvcore)
         kh, kw = self.axis_kernels(height, width)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or kh.requires_grad)
-        backend = self.resolve_backend(height, width, x.device, needs_grad)
-        if backend == 'fft' and x.shape[0] > 0:  # MKL's FFT rejects an empty batch
-            y = fft_conv2d(x, kh, kw)
-        elif backend == 'direct':
-            y = direct_conv2d(x, kh, kw)
-        else:
-            y = toeplitz_conv2d(x, kh, kw)
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype).view(1, -1, 1, 1)
-        return y
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1
+        backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last)
+        if backend == 'direct':
+            return direct_conv2d(x, kh, kw, self.bias)
+        if backend == 'matmul' or x.shape[0] == 0:  # MKL's FFT rejects an empty batch
+            return toeplitz_conv2d(x, kh, kw, self.bias)
+        y = fft_conv2d(x, kh, kw)
+        return y if self.bias is None else y + self.bias.to(y.dtype).view(1, -1, 1, 1)
 
     def no_weight_decay(self):
         """Kernel parameters, named relative to this module (bias is 1-D, timm skips it already)."""

@@ -128,8 +128,8 @@ def test_sgconv_count_equals_hand_count(backend, grad):
 
 @pytest.mark.parametrize('grad,backend', ((True, 'matmul'), (False, 'direct')))
 def test_auto_is_counted_as_the_backend_it_runs(grad, backend):
-    layer, x = make_layer('auto'), torch.randn(B, C, H, W)
-    assert layer.resolve_backend(H, W, x.device, needs_grad=grad) == backend
+    layer, x = make_layer('auto'), torch.randn(B, C, H, W).contiguous(memory_format=torch.channels_last)
+    assert layer.resolve_backend(H, W, x.device, needs_grad=grad, channels_last=True) == backend
     expected = hand_count(backend) + kernel_generation_macs()
     with torch.set_grad_enabled(grad):
         lazy = count_flops(layer, x)

@@ -179,16 +179,21 @@ def test_auto_backend_choice():
     cpu = torch.device('cpu')
     layer = SGConv2d(2, 8)
     assert layer.resolve_backend(56, 56, cpu) == choose_backend(56, 56, cpu) == 'matmul'
-    assert choose_backend(14, 14, cpu, needs_grad=False) == 'direct'
-    assert choose_backend(56, 56, cpu, needs_grad=False) == 'matmul'
+    assert choose_backend(56, 56, cpu, needs_grad=False, channels_last=True) == 'direct'
+    assert choose_backend(56, 56, cpu, needs_grad=False, channels_last=False) == 'matmul'  # direct is slow on NCHW
+    assert choose_backend(7, 7, cpu, needs_grad=True, channels_last=True) == 'direct'
+    assert choose_backend(14, 14, cpu, needs_grad=True, channels_last=True) == 'matmul'
     assert choose_backend(7, 100_000, cpu) == 'fft'  # matmul's cost grows with W^2 there
     assert SGConv2d(2, 8, backend='fft').resolve_backend(56, 56, cpu) == 'fft'
 
 
+@pytest.mark.parametrize('channels_last', (True, False))
 @pytest.mark.parametrize('grad', (True, False))
-def test_auto_matches_reference_with_and_without_grad(grad):
+def test_auto_matches_reference_with_and_without_grad(grad, channels_last):
     layer = make_layer(12)
     x = torch.randn(2, 3, 12, 10, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     with torch.set_grad_enabled(grad):
         out = layer(x)
     torch.testing.assert_close(out, reference_sgconv(layer, x), rtol=1e-10, atol=1e-10)

@@ -153,7 +153,7 @@ def example_input(model, batch_size: int, img_size: int, device: torch.device) -
 def auto_backends(model, x: torch.Tensor):
     """Per stage of SGConv2d layers: map size and the backend "auto" runs for inference and training.
 
-    Map sizes come from one forward pass (batch 1, no grad) with pre-hooks on the SGConv2d layers.
+    Map sizes and input layouts come from one forward pass (batch 1, no grad) with pre-hooks on the layers.
     Returns [] for models without SGConv2d.
     """
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, SGConv2d)]
@@ -163,7 +163,8 @@ def auto_backends(model, x: torch.Tensor):
 
     def record(name):
         def hook(module, inputs):
-            sizes.setdefault(name, tuple(inputs[0].shape[-2:]))
+            x_in = inputs[0]
+            sizes.setdefault(name, (*x_in.shape[-2:], x_in.is_contiguous(memory_format=torch.channels_last)))
         return hook
 
     hooks = [m.register_forward_pre_hook(record(name)) for name, m in layers]
@@ -175,11 +176,11 @@ def auto_backends(model, x: torch.Tensor):
             h.remove()
     stages = {}
     for name, layer in layers:
-        h, w = sizes[name]
+        h, w, channels_last = sizes[name]
         stage = name.split('.')[1] if name.startswith('stages.') else name.rsplit('.', 1)[0]
         entry = stages.setdefault(stage, {'stage': stage, 'map': [h, w], 'infer': set(), 'train': set()})
-        entry['infer'].add(layer.resolve_backend(h, w, x.device, needs_grad=False))
-        entry['train'].add(layer.resolve_backend(h, w, x.device, needs_grad=True))
+        entry['infer'].add(layer.resolve_backend(h, w, x.device, needs_grad=False, channels_last=channels_last))
+        entry['train'].add(layer.resolve_backend(h, w, x.device, needs_grad=True, channels_last=channels_last))
     return [dict(e, infer='/'.join(sorted(e['infer'])), train='/'.join(sorted(e['train']))) for e in stages.values()]
 
 
