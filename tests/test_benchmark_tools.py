@@ -47,6 +47,18 @@ def test_end_to_end_bench_all_writes_json_and_report(tmp_path):
     assert 'timing train' in done.stderr  # progress goes to stderr
 
 
+def input_layouts(size):
+    """Whether each stage's first SGConv2d sees a channels_last input, observed with a hook."""
+    model = timm.create_model('sgconvnext_atto', img_size=size).eval()
+    seen = []
+    for stage in model.stages:
+        stage.blocks[0].conv_dw.register_forward_pre_hook(
+            lambda m, inputs: seen.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
+    with torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    return seen
+
+
 def test_sweep_rows_report_the_backend_auto_runs_per_stage():
     rows = benchmark.main(['--models', 'sgconvnext_atto', '--bench', 'flops', '--img-size', '32', '64',
                            '--device', 'cpu'])
@@ -56,10 +68,12 @@ def test_sweep_rows_report_the_backend_auto_runs_per_stage():
         size = row['img_size']
         # ConvNeXt maps: stem /4, then /2 per stage
         assert [s['map'] for s in row['auto_backends']] == [[size // r] * 2 for r in (4, 8, 16, 32)]
-        for stage in row['auto_backends']:
+        layouts = input_layouts(size)
+        for stage, channels_last in zip(row['auto_backends'], layouts):
             h, w = stage['map']
-            assert stage['infer'] == choose_backend(h, w, torch.device('cpu'), needs_grad=False)
-            assert stage['train'] == choose_backend(h, w, torch.device('cpu'), needs_grad=True)
+            cpu = torch.device('cpu')
+            assert stage['infer'] == choose_backend(h, w, cpu, needs_grad=False, channels_last=channels_last)
+            assert stage['train'] == choose_backend(h, w, cpu, needs_grad=True, channels_last=channels_last)
     assert rows[1]['gmacs'] > 3.5 * rows[0]['gmacs']  # 4x the pixels, at least ~4x the MACs
 
 
