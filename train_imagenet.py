@@ -273,7 +273,11 @@ def main(argv=None):
             checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=eval_metric == 'loss',
             max_history=args.checkpoint_hist, lr_scheduler=lr_scheduler, scheduler_config=scheduler_config)
         if checkpoint is not None and checkpoint.get('saver') and hasattr(saver, 'load_state_dict'):
-            saver.load_state_dict(checkpoint['saver'])
+            # best metric and ranked files belong to the checkpoint's folder: a new output folder starts fresh
+            if os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), output_dir):
+                saver.load_state_dict(checkpoint['saver'])
+            else:
+                _logger.info(f'Resuming into a new output folder {output_dir}: checkpoint ranking starts fresh.')
         _logger.info(f'Output: {output_dir}. Epochs {start_epoch}..{num_epochs - 1}, {updates_per_epoch} '
                      f'updates of {args.batch_size * args.world_size * args.grad_accum_steps} images each.')
     if start_epoch >= num_epochs:
@@ -370,11 +374,16 @@ def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, *, device, l
         with model.no_sync() if args.distributed and not need_update else nullcontext():
             with amp_autocast():
                 loss = loss_fn(model(input), target)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise CLIError(f'non-finite loss ({loss_value}) at epoch {epoch}, batch {batch_idx}: stopped before '
+            # every rank must stop at the same batch: one that raised alone would leave the others in an all-reduce
+            bad = (~torch.isfinite(loss.detach())).to(torch.int32)
+            if args.distributed:
+                dist.all_reduce(bad)  # SUM: ranks with a non-finite loss
+            if bad.item():
+                where = f'on {bad.item()} of {args.world_size} ranks' if args.distributed else f'({loss.item()})'
+                raise CLIError(f'non-finite loss {where} at epoch {epoch}, batch {batch_idx}: stopped before '
                                f'this step; {kept}. Lower --lr (or --lr-base), add --clip-grad, or use '
                                f'--amp-dtype bfloat16 instead of float16')
+            loss_value = loss.item()
             if loss_scaler is not None:
                 loss_scaler(loss / group, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
                             parameters=clip_params, need_update=need_update)

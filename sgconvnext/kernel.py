@@ -97,9 +97,22 @@ class SGKernel1d(nn.Module):
         self.n_scales = num_scales(l_max, kernel_dim)
 
         self.weight = nn.Parameter(torch.empty(channels, 2, self.n_scales, kernel_dim, **dd))
-        self.register_buffer('basis', self._centred_basis().to(**dd), persistent=False)
+        self.register_buffer('basis', torch.empty(2 * self.n_scales * kernel_dim, 2 * l_max - 1, **dd),
+                             persistent=False)
         self.register_buffer('norm', torch.ones(channels, **dd))
         self.reset_parameters()
+
+    @torch.no_grad()
+    def init_non_persistent_buffers(self) -> None:
+        """Build ``basis`` in the weight's dtype (timm calls this after ``to_empty`` from the meta device)."""
+        if not self.basis.is_meta:
+            self.basis.copy_(self._centred_basis())
+
+    def _apply(self, fn, *args, **kwargs):
+        # A cast (e.g. .double()) would round the float32 basis; rebuild it exactly in the new dtype.
+        module = super()._apply(fn, *args, **kwargs)
+        self.init_non_persistent_buffers()
+        return module
 
     def _centred_basis(self) -> torch.Tensor:
         """(2 * n_scales * kernel_dim, 2 * l_max - 1): side 0 fills offsets >= 0, side 1 offsets <= 0."""
@@ -108,13 +121,14 @@ class SGKernel1d(nn.Module):
         centred = torch.zeros(2 * rows, 2 * self.l_max - 1, dtype=torch.float64)
         centred[:rows, self.l_max - 1:] = one_sided
         centred[rows:, :self.l_max] = one_sided.flip(-1)
-        return centred.to(torch.get_default_dtype())
+        return centred.to(device=self.basis.device, dtype=self.basis.dtype)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """Random sub-kernels, then fix ``norm`` so every channel's kernel has unit L2 norm."""
         if self.weight.is_meta:
             return
+        self.init_non_persistent_buffers()
         nn.init.normal_(self.weight)
         self.norm.fill_(1.0)
         self.norm.copy_(self.kernel(self.l_max).norm(dim=-1).clamp_min(torch.finfo(self.norm.dtype).tiny))

@@ -3,7 +3,7 @@
 Everything but the token mixer (stem, downsampling, norms, MLPs, layer scale, drop path, head,
 feature_info, forward_intermediates, grad checkpointing) is timm's ConvNeXt, inherited unchanged.
 Each block's ``conv_dw`` becomes an ``SGConv2d`` whose kernels are sized for its stage's map at
-``img_size`` (``img_size / reduction``). The model runs at any input size: kernels are regenerated
+``img_size`` (``img_size // reduction``). The model runs at any input size: kernels are regenerated
 for each map size; past the size they were built for, taps are zero (see ``sgconvnext/kernel.py``).
 
 Warm start: ``pretrained=True, pretrained_cfg_overlay=dict(file=...)`` with a timm (or original
@@ -11,7 +11,6 @@ facebookresearch) ``convnext_*`` checkpoint of the same size loads every shared 
 SGConv kernels at their init.
 """
 import logging
-import math
 from typing import Optional, Set, Tuple, Union
 
 import torch
@@ -38,7 +37,7 @@ class SGConvNeXt(ConvNeXt):
         img_size: input size (int or (H, W)) the stage kernels are sized for.
         sg_kernel_dim: learned values per sub-kernel.
         sg_decay: weight of sub-kernel i is ``sg_decay**i``.
-        sg_backend: ``"auto"``, ``"fft"`` or ``"matmul"`` for every SGConv2d.
+        sg_backend: ``"auto"``, ``"fft"``, ``"matmul"`` or ``"direct"`` for every SGConv2d.
     """
 
     def __init__(
@@ -56,7 +55,7 @@ class SGConvNeXt(ConvNeXt):
         self.img_size = tuple(img_size)
         for stage, info in zip(self.stages, self.feature_info):
             reduction = info['reduction']
-            stage_size = (math.ceil(img_size[0] / reduction), math.ceil(img_size[1] / reduction))
+            stage_size = (max(1, img_size[0] // reduction), max(1, img_size[1] // reduction))  # stem, downsamplers floor
             for block in stage.blocks:
                 conv = block.conv_dw
                 block.conv_dw = SGConv2d(
@@ -99,7 +98,10 @@ def checkpoint_filter_fn(state_dict, model: SGConvNeXt):
         for k, v in state_dict.items()
         if k in model_state and v.shape != model_state[k].shape and not k.startswith(classifier + '.')
     ]
-    kept_init = [k for k in model_state if k not in state_dict and '.conv_dw.kernel_' in k]
+    # Only a ConvNeXt checkpoint (no SGConv kernels at all) may leave the kernels at their init: a partial
+    # sgconvnext checkpoint (say, weights without their norm buffers) would silently rescale the kernels.
+    warm_start = not any('.conv_dw.kernel_' in k for k in state_dict)
+    kept_init = [k for k in model_state if k not in state_dict and '.conv_dw.kernel_' in k] if warm_start else []
     missing = [k for k in model_state if k not in state_dict and k not in kept_init]
     problems = []
     if mismatched:

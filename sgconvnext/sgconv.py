@@ -2,7 +2,7 @@
 
 Channel c convolves its (H, W) map with ``K[c] = kh[c] (outer) kw[c]``, where ``kh`` and ``kw`` are the
 two-sided 1-D SGConv kernels of ``kernel.py``. The convolution is linear and zero-padded ("same"
-size, never circular), then a per-channel bias is added. Two exact ways to compute it:
+size, never circular), then a per-channel bias is added. Exact ways to compute it:
 
 * ``"matmul"``: the zero-padded 1-D convolution along an axis is a Toeplitz product, so
   ``y = Th @ x @ Tw^T`` per channel: two batched matrix products, O(HW(H+W)).
@@ -30,8 +30,8 @@ BACKENDS = ('auto', 'fft', 'matmul', 'direct')
 # yet, where the same rules are used.
 # * direct runs through oneDNN's depthwise conv, fast on channels_last input (as timm's ConvNeXt blocks give
 #   it) and several times slower than matmul on contiguous NCHW input. On channels_last input it beat matmul
-#   in inference at 7 to 56 and tied at 112 and 128; with gradients it won at 7x7 (5x), tied at 14 and lost
-#   from 28 on (its backward is slow).
+#   in inference at 7 to 56 and tied at 112 and 128; with gradients it won at 7x7 (2-5x, on NCHW input too),
+#   tied at 14 and lost from 28 on (its backward is slow).
 # * Otherwise matmul while its cost, H*W*(H+W) multiply-adds per channel, is below FFT_COST_FACTOR times
 #   n_h*n_w*log2(n_h*n_w) for the padded FFT. Matmul was faster at every square size measured, 7 to 1024
 #   (2.4x faster at 1024); the factor puts the square crossover near 2800.
@@ -43,8 +43,10 @@ DIRECT_MAX_SIDE_TRAINING = 8
 def choose_backend(height: int, width: int, device: torch.device, needs_grad: bool = True,
                    channels_last: bool = False) -> str:
     """Backend ``"auto"`` runs for an (height, width) map on ``device``."""
-    direct_max_side = DIRECT_MAX_SIDE_TRAINING if needs_grad else DIRECT_MAX_SIDE_INFERENCE
-    if channels_last and max(height, width) <= direct_max_side:
+    side = max(height, width)
+    if needs_grad and side <= DIRECT_MAX_SIDE_TRAINING:  # either layout
+        return 'direct'
+    if channels_last and not needs_grad and side <= DIRECT_MAX_SIDE_INFERENCE:
         return 'direct'
     n_h, n_w = fast_fft_length(2 * height - 1), fast_fft_length(2 * width - 1)
     matmul_cost = height * width * (height + width)

@@ -6,11 +6,12 @@ from reference import reference_axis_kernel
 from sgconvnext.kernel import SGKernel1d, num_scales
 
 
+@pytest.mark.parametrize('decay', [0.5, 0.7])
 @pytest.mark.parametrize('l_max,kernel_dim', [(1, 8), (7, 8), (8, 8), (56, 8), (100, 16), (33, 4)])
 @pytest.mark.parametrize('length', [1, 5, 56, 130])
-def test_kernel_matches_scale_by_scale_reference(l_max, kernel_dim, length):
+def test_kernel_matches_scale_by_scale_reference(l_max, kernel_dim, length, decay):
     torch.manual_seed(0)
-    k = SGKernel1d(6, l_max, kernel_dim).double()
+    k = SGKernel1d(6, l_max, kernel_dim, decay=decay).double()  # the cast rebuilds the basis in float64
     with torch.no_grad():
         k.weight.normal_()
     out = k(length)
@@ -62,6 +63,13 @@ def test_unit_norm_at_init_and_norm_is_persistent():
     other = SGKernel1d(8, 40, 8)
     other.load_state_dict(k.state_dict())
     torch.testing.assert_close(other(17), k(17))
+
+
+def test_meta_device_then_to_empty_rebuilds_the_basis():
+    real = SGKernel1d(4, 30, decay=0.7)
+    meta = SGKernel1d(4, 30, decay=0.7, device='meta').to_empty(device='cpu')
+    meta.load_state_dict(real.state_dict())  # basis is not in the state dict: it must be rebuilt, not garbage
+    torch.testing.assert_close(meta(30), real(30))
 
 
 def test_construction_is_deterministic_under_a_seed():

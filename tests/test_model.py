@@ -43,6 +43,21 @@ def test_stage_kernels_are_sized_for_img_size():
     assert sizes == [(40, 24), (20, 12), (10, 6), (5, 3)]
 
 
+def test_stage_kernels_match_the_real_map_sizes():
+    model = timm.create_model('sgconvnext_atto', img_size=(225, 100))
+    x = torch.randn(1, 3, 225, 100)
+    maps = [tuple(f.shape[-2:]) for f in model.forward_intermediates(x, intermediates_only=True)]
+    assert [stage.blocks[0].conv_dw.l_max for stage in model.stages] == maps == [(56, 25), (28, 12), (14, 6), (7, 3)]
+
+
+def test_meta_device_model_loads_real_weights():
+    real = timm.create_model('sgconvnext_atto').eval()
+    meta = timm.create_model('sgconvnext_atto', device='meta').to_empty(device='cpu').eval()
+    meta.load_state_dict(real.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(meta(x), real(x))
+
+
 def test_create_model_kwargs_pass_through():
     model = timm.create_model('sgconvnext_atto', num_classes=7, in_chans=1, drop_path_rate=0.1, global_pool='max',
                               sg_kernel_dim=4, sg_decay=0.25, sg_backend='fft')
@@ -222,6 +237,13 @@ def test_checkpoint_for_another_img_size_says_so(tmp_path):
     state = timm.create_model('sgconvnext_atto', img_size=64).state_dict()
     with pytest.raises(ValueError, match='another img_size'):
         timm.create_model('sgconvnext_atto', img_size=256, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state))
+
+
+def test_partial_sgconvnext_checkpoint_is_refused():
+    state = timm.create_model('sgconvnext_atto').state_dict()
+    state = {k: v for k, v in state.items() if not k.endswith('.norm')}  # kernels without their norm buffers
+    with pytest.raises(ValueError, match='missing from the checkpoint'):
+        timm.create_model('sgconvnext_atto', pretrained=True, pretrained_cfg_overlay=dict(state_dict=state))
 
 
 @pytest.mark.slow

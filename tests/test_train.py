@@ -126,6 +126,21 @@ def test_resume_after_a_completed_epoch_adds_one_row(first_run, data_dir, tmp_pa
     assert load_checkpoint(run_dir / 'last.pth.tar')['epoch'] == 1
 
 
+def test_resume_into_a_new_output_folder_starts_a_fresh_checkpoint_ranking(first_run, data_dir, tmp_path):
+    run_dir = shutil.copytree(first_run[0], tmp_path / 'old')
+    checkpoint = load_checkpoint(run_dir / 'last.pth.tar')
+    checkpoint['saver']['best_metric'] = 101.0  # top1 that epoch 1 cannot beat
+    torch.save(checkpoint, run_dir / 'last.pth.tar')
+    train_script.main(train_args(data_dir, tmp_path, 'new', '--epochs', '2', '--model-ema',
+                                 '--resume', str(run_dir / 'last.pth.tar')))
+    assert load_checkpoint(tmp_path / 'new' / 'model_best.pth.tar')['epoch'] == 1
+    # into its own folder the ranking continues: epoch 0 (101.0) stays the best
+    train_script.main(train_args(data_dir, tmp_path, 'old', '--epochs', '2', '--model-ema',
+                                 '--resume', str(run_dir / 'last.pth.tar')))
+    assert load_checkpoint(run_dir / 'last.pth.tar')['epoch'] == 1
+    assert load_checkpoint(run_dir / 'model_best.pth.tar')['epoch'] == 0
+
+
 @pytest.mark.slow
 def test_run_killed_mid_training_resumes_with_one_row_per_epoch(data_dir, tmp_path):
     # Smaller batches and larger images so an epoch takes a while (18 steps); SIGKILL once epoch 1 has
@@ -168,6 +183,47 @@ def test_torchrun_two_processes_same_steps_and_exact_eval(data_dir, tmp_path):
     assert single['num_samples'] == 9
     assert single['top1'] == pytest.approx(float(rows[0]['eval_top1']), abs=1e-3)
     assert single['loss'] == pytest.approx(float(rows[0]['eval_loss']), rel=1e-4)
+
+
+NAN_ON_RANK_1 = '''
+import os, sys
+import torch
+sys.path.insert(0, {root!r})
+from sgconvnext.training.config import run_cli
+sys.argv[0] = {train!r}
+import importlib.util
+spec = importlib.util.spec_from_file_location('train_imagenet', {train!r})
+train = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(train)
+make_loss = train.create_train_loss
+
+
+class NanOnRank1(torch.nn.Module):  # the third loss of rank 1 (epoch 0, batch 2) is nan
+    def __init__(self, loss_fn):
+        super().__init__()
+        self.loss_fn, self.calls = loss_fn, 0
+
+    def forward(self, output, target):
+        self.calls += 1
+        loss = self.loss_fn(output, target)
+        return loss * float('nan') if os.environ['RANK'] == '1' and self.calls == 3 else loss
+
+
+train.create_train_loss = lambda args: NanOnRank1(make_loss(args))
+run_cli(train.main)
+'''
+
+
+@pytest.mark.slow
+def test_torchrun_non_finite_loss_on_one_rank_stops_every_rank(data_dir, tmp_path):
+    script = tmp_path / 'nan_on_rank1.py'
+    script.write_text(NAN_ON_RANK_1.format(root=ROOT, train=TRAIN))
+    proc = run('-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', script,
+               *train_args(data_dir, tmp_path, 'ddp', '--epochs', '1'), timeout=300)
+    assert proc.returncode != 0
+    # both ranks stop with the same error, neither waits in an all-reduce (their lines may interleave)
+    error = 'error: non-finite loss on 1 of 2 ranks at epoch 0, batch 2: stopped before this step'
+    assert proc.stderr.count(error) == 2, proc.stderr[-3000:]
 
 
 def test_warm_start_from_convnext_weights(data_dir, tmp_path, capsys):
@@ -235,6 +291,8 @@ def test_fine_tune_config():
 @pytest.mark.parametrize('text,match', [
     ('lr_bse: 0.1\n', r"'lr_bse' is not a flag of this script \(did you mean 'lr_base'\?\)"),
     ('epochs: two\n', 'epochs must be of type int'),
+    ('epochs: 1.9\n', 'epochs must be of type int, got 1.9'),  # not truncated to 1
+    ('warmup_epochs: 0.5\n', 'warmup_epochs must be of type int, got 0.5'),
     ('amp: 1\n', 'amp must be true or false'),
     ('scale: 0.5\n', 'scale must be a list'),
     ('- epochs\n', 'must be a mapping'),
@@ -245,6 +303,12 @@ def test_bad_config_files(tmp_path, text, match):
     config.write_text(text)
     with pytest.raises(CLIError, match=match):
         parse_args(['-c', str(config)])
+
+
+def test_config_whole_float_for_an_int_flag(tmp_path):
+    config = tmp_path / 'config.yaml'
+    config.write_text('epochs: 2.0\n')
+    assert parse_args(['-c', str(config)])[0].epochs == 2
 
 
 # ---------------------------------------------------------------------------- bad input

@@ -2,6 +2,7 @@
 """Time SGConv2d (each backend and auto) against a 7x7 depthwise conv, forward + backward.
 
     python tools/bench_sgconv.py                       # ConvNeXt-T stage shapes and large maps, CPU
+    python tools/bench_sgconv.py --channels-last       # inputs laid out as in timm's ConvNeXt blocks
     python tools/bench_sgconv.py --device cuda --amp bf16 --write docs/BENCHMARKS.md
 
 All timings of one shape are interleaved in one process; each cell is the median of --runs calls after
@@ -23,6 +24,7 @@ from sgconvnext import SGConv2d  # noqa: E402
 
 STAGE_SHAPES = [(16, 96, 56), (16, 192, 28), (16, 384, 14), (16, 768, 7)]  # ConvNeXt-T, batch 16
 LARGE_SIZES = [128, 256, 512]
+BACKENDS_TIMED = ('fft', 'matmul', 'direct')
 
 
 def parse_args(argv=None):
@@ -32,6 +34,9 @@ def parse_args(argv=None):
     p.add_argument('--large', type=int, nargs='*', default=LARGE_SIZES, help='large square map sizes (C=64, B=1)')
     p.add_argument('--large-channels', type=int, default=64)
     p.add_argument('--no-stages', action='store_true', help='skip the ConvNeXt-T stage shapes')
+    p.add_argument('--channels-last', action='store_true', help='channels_last inputs (what ConvNeXt blocks pass on)')
+    p.add_argument('--backends', nargs='+', choices=BACKENDS_TIMED, default=list(BACKENDS_TIMED),
+                   help='SGConv2d backends to time besides auto (default: all)')
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('--runs', type=int, default=5)
     p.add_argument('--write', metavar='PATH', help='write the table into this markdown file (e.g. docs/BENCHMARKS.md)')
@@ -43,23 +48,28 @@ def parse_args(argv=None):
     return args
 
 
-def time_shape(batch, channels, size, device, amp_dtype, warmup, runs):
-    x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
+def time_shape(batch, channels, size, device, amp_dtype, channels_last, backends, warmup, runs):
+    x = torch.randn(batch, channels, size, size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     layers = {'dwconv7x7': nn.Conv2d(channels, channels, 7, padding=3, groups=channels)}
-    for backend in ('fft', 'matmul', 'auto'):
+    for backend in (*backends, 'auto'):
         layers[backend] = SGConv2d(channels, size, backend=backend)
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
 
     def step(layer):
+        layer.to(device)
+
         def run():
             with autocast:
-                out = layer.to(device)(x)
+                out = layer(x)
             out.float().sum().backward()
         return run
 
     medians = interleaved_medians({name: step(layer) for name, layer in layers.items()}, device, warmup, runs)
-    auto_pick = layers['auto'].resolve_backend(size, size, device)
+    auto_pick = layers['auto'].resolve_backend(size, size, device, needs_grad=True, channels_last=channels_last)
     return medians, auto_pick
 
 
@@ -68,24 +78,28 @@ def main(argv=None):
     device = torch.device(args.device)
     amp_dtype = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
     shapes = ([] if args.no_stages else STAGE_SHAPES) + [(1, args.large_channels, s) for s in args.large]
-    rows = ['| B | C | H=W | 7x7 dw (ms) | fft (ms) | matmul (ms) | auto (ms) | auto picks | faster | '
-            'fft / 7x7 | matmul / 7x7 | auto / 7x7 |',
-            '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    backends = args.backends
+    rows = ['| B | C | H=W | 7x7 dw (ms) | ' + ' | '.join(f'{b} (ms)' for b in backends) +
+            ' | auto (ms) | auto picks | fastest | ' + ' | '.join(f'{b} / 7x7' for b in backends) + ' | auto / 7x7 |',
+            '|---' * (8 + 2 * len(backends)) + '|']
     wrong_picks = []
     for batch, channels, size in shapes:
         log(f'timing B={batch} C={channels} H=W={size} ...')
-        t, pick = time_shape(batch, channels, size, device, amp_dtype, args.warmup, args.runs)
-        faster = 'fft' if t['fft'] < t['matmul'] else 'matmul'
-        if pick != faster:
+        t, pick = time_shape(batch, channels, size, device, amp_dtype, args.channels_last, backends,
+                             args.warmup, args.runs)
+        fastest = min(backends, key=t.get)
+        if pick != fastest:
             wrong_picks.append(size)
         base = t['dwconv7x7']
-        rows.append(f"| {batch} | {channels} | {size} | {base * 1e3:.1f} | {t['fft'] * 1e3:.1f} | "
-                    f"{t['matmul'] * 1e3:.1f} | {t['auto'] * 1e3:.1f} | {pick} | {faster} | "
-                    f"{t['fft'] / base:.2f} | {t['matmul'] / base:.2f} | {t['auto'] / base:.2f} |")
+        rows.append(f"| {batch} | {channels} | {size} | {base * 1e3:.1f} | " +
+                    ' | '.join(f'{t[b] * 1e3:.1f}' for b in backends) +
+                    f" | {t['auto'] * 1e3:.1f} | {pick} | {fastest} | " +
+                    ' | '.join(f'{t[b] / base:.2f}' for b in backends) + f" | {t['auto'] / base:.2f} |")
         print(rows[-1], flush=True)
     precision = 'fp32' if amp_dtype is None else f'{args.amp} autocast'
+    layout = 'channels_last' if args.channels_last else 'NCHW'
     report = '\n'.join([
-        f'### SGConv2d vs 7x7 depthwise conv, forward + backward, {args.device}, {precision}',
+        f'### SGConv2d vs 7x7 depthwise conv, forward + backward, {args.device}, {precision}, {layout} input',
         '',
         f'- date: {datetime.date.today().isoformat()}, commit {git_revision()}',
         f'- machine: {describe_machine(device)}',
@@ -96,9 +110,9 @@ def main(argv=None):
     ])
     print(report)
     if wrong_picks:
-        log(f'note: auto did not pick the faster backend at H=W={wrong_picks}')
+        log(f'note: auto did not pick the fastest backend at H=W={wrong_picks}')
     if args.write:
-        write_section(args.write, f'bench_sgconv:{args.device}:{precision}', report)
+        write_section(args.write, f'bench_sgconv:{args.device}:{precision}:{layout}', report)
         log(f'wrote {args.write}')
 
 

@@ -226,6 +226,8 @@ def _check_value(action: argparse.Action, key: str, value, source: str):
         want = 'a list' if many else 'a single value'
         raise CLIError(f'{source}: {key} must be {want}, got {value!r}')
     convert = action.type or str
+    if convert is int and any(isinstance(v, float) and not v.is_integer() for v in values):
+        raise CLIError(f'{source}: {key} must be of type int, got {value!r}')  # int() would truncate it
     try:
         out = [v if (convert is str and isinstance(v, str)) else convert(v) for v in values]
     except (TypeError, ValueError):
