@@ -13,7 +13,6 @@ interpolation default to the training ones too, and --img-size / --crop-pct / --
 override them. sgconvnext kernels keep the size they were trained for: at a larger --img-size a pixel
 sees at most that many pixels away (the far taps are zero).
 """
-import argparse
 import csv
 import json
 import logging
@@ -28,7 +27,7 @@ from timm.utils import FormatterNoInfo, ParseKwargs, random_seed
 
 import sgconvnext  # noqa: F401  (registers sgconvnext_* with timm)
 from sgconvnext.training.checkpoint import load_checkpoint_file
-from sgconvnext.training.config import CLIError, run_cli
+from sgconvnext.training.config import CLIError, OneLineErrorParser, run_cli
 from sgconvnext.training.data import create_checked_dataset
 from sgconvnext.training.eval import evaluate
 from sgconvnext.training.model import create_model_checked
@@ -36,12 +35,7 @@ from sgconvnext.training.model import create_model_checked
 _logger = logging.getLogger('validate')
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise CLIError(f'{message} (see --help)')
-
-
-parser = _Parser(description='Validate a checkpoint on an ImageNet-style val set (timm validate.py flags).')
+parser = OneLineErrorParser(description='Validate a checkpoint on an ImageNet-style val set (timm validate.py flags).')
 add = parser.add_argument
 add('data', nargs='?', metavar='DIR', help='path to dataset (positional is deprecated, use --data-dir)')
 add('--data-dir', metavar='DIR', help='dataset root (an image folder with a val/ folder, or the val folder)')

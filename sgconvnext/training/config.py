@@ -41,13 +41,13 @@ def run_cli(main, argv=None) -> None:
         sys.exit(f'{prog}: interrupted')
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineErrorParser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of the usage block of ~100 flags
         raise CLIError(f'{message} (see --help)')
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(description='Train an ImageNet classifier (SGConvNeXt or any timm model), timm style.')
+    parser = OneLineErrorParser(description='Train an ImageNet classifier (SGConvNeXt or any timm model), timm style.')
     add = parser.add_argument
     parser.add_argument('-c', '--config', default='', metavar='FILE',
                         help='YAML file of flag defaults (keys = flag names with underscores); flags win over it')
@@ -266,7 +266,7 @@ def load_config(path: str, parser: argparse.ArgumentParser) -> dict:
 def parse_args(argv=None):
     """(args, args_text): the YAML config's values, overridden by the command line; args_text is args as YAML."""
     parser = build_parser()
-    config_parser = _Parser(add_help=False)
+    config_parser = OneLineErrorParser(add_help=False)
     config_parser.add_argument('-c', '--config', default='')
     config_args, remaining = config_parser.parse_known_args(argv)
     if config_args.config:
