@@ -8,6 +8,7 @@ import tempfile
 import time
 from typing import Callable, Dict
 
+import timm
 import torch
 
 
@@ -81,3 +82,13 @@ def git_revision() -> str:
                                        text=True).strip()
     except (OSError, subprocess.CalledProcessError):
         return 'unknown'
+
+
+def create_model_for_size(name: str, img_size: int, **kwargs):
+    """timm model ``name``, built for ``img_size`` when it takes that argument (SGConvNeXt, ViTs)."""
+    try:
+        return timm.create_model(name, img_size=img_size, **kwargs)
+    except TypeError as e:
+        if 'img_size' not in str(e):
+            raise
+        return timm.create_model(name, **kwargs)

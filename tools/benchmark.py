@@ -38,8 +38,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench_utils import (command_line, describe_machine, git_revision, interleaved_medians, log, synchronize,
-                         write_section)
+from bench_utils import (command_line, create_model_for_size, describe_machine, git_revision, interleaved_medians,
+                         log, synchronize, write_section)
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 import timm  # noqa: E402
@@ -136,13 +136,7 @@ def parse_args(argv=None):
 
 def create_model(name: str, img_size: int, device: torch.device, **kwargs):
     """timm model ``name``, built for ``img_size`` when it takes that argument."""
-    try:
-        model = timm.create_model(name, img_size=img_size, **kwargs)
-    except TypeError as e:
-        if 'img_size' not in str(e):
-            raise
-        model = timm.create_model(name, **kwargs)
-    return model.to(device)
+    return create_model_for_size(name, img_size, **kwargs).to(device)
 
 
 def example_input(model, batch_size: int, img_size: int, device: torch.device) -> torch.Tensor:

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from bench_utils import create_model_for_size  # noqa: E402
 import timm  # noqa: E402
 import sgconvnext  # noqa: E402,F401  (registers the sgconvnext_* models)
 from sgconvnext import SGConv2d  # noqa: E402
@@ -73,12 +74,7 @@ def parse_args(argv=None):
 
 def build_model(name: str, img_size: int, checkpoint=None, use_ema=True, seed=0) -> nn.Module:
     torch.manual_seed(seed)
-    try:
-        model = timm.create_model(name, img_size=img_size)
-    except TypeError as e:
-        if 'img_size' not in str(e):
-            raise
-        model = timm.create_model(name)
+    model = create_model_for_size(name, img_size)
     if checkpoint:
         timm.models.load_checkpoint(model, checkpoint, use_ema=use_ema)
     return model.eval()
