@@ -110,7 +110,12 @@ def test_autocast_cpu(backend, amp_dtype):
     out.float().square().sum().backward()
     assert out.shape == x.shape and torch.isfinite(out).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
-    assert rel_err(out.double(), layer(x).double()) < 2e-2
+    reference = layer(x).double()
+    if layer.resolve_backend(14, 10, x.device) == 'fft':
+        # the FFT runs in float32 with autocast off inside: full float32 accuracy, not bf16/fp16's
+        assert out.dtype == torch.float32 and rel_err(out.double(), reference) < 1e-5
+    else:
+        assert out.dtype == amp_dtype and rel_err(out.double(), reference) < 2e-2
 
 
 @pytest.mark.parametrize('backend', ('fft', 'matmul', 'direct'))
