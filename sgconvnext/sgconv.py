@@ -28,25 +28,22 @@ BACKENDS = ('auto', 'fft', 'matmul', 'direct')
 
 # Crossovers of "auto", measured on CPU (tools/bench_sgconv.py, docs/BENCHMARKS.md); not measured on GPU
 # yet, where the same rules are used.
-# * direct runs through oneDNN's depthwise conv, fast on channels_last input (as timm's ConvNeXt blocks give
-#   it) and several times slower than matmul on contiguous NCHW input. On channels_last input it beat matmul
-#   in inference at 7 to 56 and tied at 112 and 128; with gradients it won at 7x7 (2-5x, on NCHW input too),
-#   tied at 14 and lost from 28 on (its backward is slow).
+# * direct runs through oneDNN's depthwise conv: fast forward on channels_last input (as timm's ConvNeXt
+#   blocks give it), several times slower than matmul on contiguous NCHW input, and a slow backward (the
+#   conv library's depthwise weight gradient). So it is used for inference on channels_last input only,
+#   where it beat matmul at 7 to 56 and tied at 112 and 128. With a dense upstream gradient matmul won the
+#   forward + backward at every stage size, 7 to 56, in either layout.
 # * Otherwise matmul while its cost, H*W*(H+W) multiply-adds per channel, is below FFT_COST_FACTOR times
 #   n_h*n_w*log2(n_h*n_w) for the padded FFT. Matmul was faster at every square size measured, 7 to 1024
 #   (2.4x faster at 1024); the factor puts the square crossover near 2800.
 FFT_COST_FACTOR = 56.0
 DIRECT_MAX_SIDE_INFERENCE = 128
-DIRECT_MAX_SIDE_TRAINING = 8
 
 
 def choose_backend(height: int, width: int, device: torch.device, needs_grad: bool = True,
                    channels_last: bool = False) -> str:
     """Backend ``"auto"`` runs for an (height, width) map on ``device``."""
-    side = max(height, width)
-    if needs_grad and side <= DIRECT_MAX_SIDE_TRAINING:  # either layout
-        return 'direct'
-    if channels_last and not needs_grad and side <= DIRECT_MAX_SIDE_INFERENCE:
+    if channels_last and not needs_grad and max(height, width) <= DIRECT_MAX_SIDE_INFERENCE:
         return 'direct'
     n_h, n_w = fast_fft_length(2 * height - 1), fast_fft_length(2 * width - 1)
     matmul_cost = height * width * (height + width)
@@ -71,24 +68,69 @@ def _toeplitz(kernel: torch.Tensor, n: int) -> torch.Tensor:
     return kernel.flip(-1).unfold(-1, n, 1).flip(-2)
 
 
+def _to_channel_major(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) in any layout -> contiguous (C, H, B, W)."""
+    # Through contiguous NCHW: two plain copies beat one transposing copy from channels_last by up to 3x
+    # on CPU (56x56 maps), as every "direct" permute from (B, H, W, C) memory strides badly.
+    return x.contiguous().permute(1, 2, 0, 3).contiguous()
+
+
+def _to_batch_major(y: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """(C, H, B, W) -> (B, C, H, W) laid out in ``memory_format`` (through contiguous NCHW, as above)."""
+    return y.permute(2, 0, 1, 3).contiguous().contiguous(memory_format=memory_format)
+
+
+class _ChannelMajor(torch.autograd.Function):
+    """``_to_channel_major`` whose backward returns the gradient in the input's memory format."""
+
+    @staticmethod
+    def forward(ctx, x, memory_format):
+        ctx.memory_format = memory_format
+        return _to_channel_major(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _to_batch_major(grad, ctx.memory_format), None
+
+
+class _BatchMajor(torch.autograd.Function):
+    """``_to_batch_major`` whose backward takes the gradient to (C, H, B, W) by the fast route."""
+
+    @staticmethod
+    def forward(ctx, y, memory_format):
+        return _to_batch_major(y, memory_format)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _to_channel_major(grad), None
+
+
 def toeplitz_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
                     bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Zero-padded separable convolution by two batched Toeplitz products, plus an optional bias.
 
-    x: (B, C, H, W); kh: (C, 2H-1); kw: (C, 2W-1) centred kernels; bias: (C,). Returns (B, C, H, W).
+    x: (B, C, H, W); kh: (C, 2H-1); kw: (C, 2W-1) centred kernels; bias: (C,). Returns (B, C, H, W) in
+    x's memory format (contiguous or channels_last).
     """
     b, c, h, w = x.shape
+    memory_format = (torch.channels_last if c > 1 and x.is_contiguous(memory_format=torch.channels_last)
+                     and not x.is_contiguous() else torch.contiguous_format)
     th = _toeplitz(kh.to(x.dtype), h)                       # (C, H, H)
     tw_t = _toeplitz(kw.to(x.dtype), w).transpose(-1, -2)   # (C, W, W)
     # One copy puts x in (C, H, B, W) order; then both products are per-channel GEMMs with the batch folded
     # in, and neither needs another copy: Th @ (H, B*W), then (H*B, W) @ Tw^T. The bias rides on the second.
-    y = torch.bmm(th, x.permute(1, 2, 0, 3).reshape(c, h, b * w))      # (C, H, B*W)
+    # The autograd Functions only route the gradients' copies the fast way; plain ops compute the same and
+    # are used without grad and when tracing (jit.trace and fvcore see Functions as opaque Python ops).
+    grad_mode = torch.is_grad_enabled() and not torch.jit.is_tracing()
+    xm = _ChannelMajor.apply(x, memory_format) if grad_mode and x.requires_grad else _to_channel_major(x)
+    y = torch.bmm(th, xm.view(c, h, b * w))                 # (C, H, B*W)
     y = y.view(c, h * b, w)
     if bias is None:
         y = torch.bmm(y, tw_t)
     else:
         y = torch.baddbmm(bias.to(y.dtype).view(c, 1, 1), y, tw_t)       # (C, H*B, W)
-    return y.view(c, h, b, w).permute(2, 0, 1, 3)
+    y = y.view(c, h, b, w)
+    return _BatchMajor.apply(y, memory_format) if grad_mode and y.requires_grad else _to_batch_major(y, memory_format)
 
 
 def direct_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,

@@ -128,10 +128,28 @@ def test_half_precision_inputs_keep_their_dtype(backend):
 
 
 @pytest.mark.parametrize('backend', BACKENDS)
-def test_channels_last_input(backend):
-    layer = make_layer(12, dtype=torch.float32, channels=5, backend=backend)
-    x = torch.randn(3, 5, 12, 9)
-    torch.testing.assert_close(layer(x.contiguous(memory_format=torch.channels_last)), layer(x))
+@pytest.mark.parametrize('grad_layout', (torch.channels_last, torch.contiguous_format))
+def test_channels_last_input(backend, grad_layout):
+    layer = make_layer(12, channels=5, backend=backend)
+    x = torch.randn(3, 5, 12, 9, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    params = [x] + list(layer.parameters())
+    out, ref = layer(x), reference_sgconv(layer, x)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    if backend in ('matmul', 'direct'):  # like a conv, these keep the input's memory format
+        assert out.is_contiguous(memory_format=torch.channels_last)
+    upstream = torch.randn(out.shape, dtype=torch.float64).contiguous(memory_format=grad_layout)
+    for g, g_ref in zip(torch.autograd.grad(out, params, upstream), torch.autograd.grad(ref, params, upstream)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_matmul_output_keeps_contiguous_layout():
+    layer = make_layer(6, backend='matmul')
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    assert out.is_contiguous()
+    out.backward(torch.randn_like(out))
+    assert x.grad.is_contiguous()
 
 
 @pytest.mark.parametrize('backend', BACKENDS)
@@ -186,8 +204,9 @@ def test_auto_backend_choice():
     assert layer.resolve_backend(56, 56, cpu) == choose_backend(56, 56, cpu) == 'matmul'
     assert choose_backend(56, 56, cpu, needs_grad=False, channels_last=True) == 'direct'
     assert choose_backend(56, 56, cpu, needs_grad=False, channels_last=False) == 'matmul'  # direct is slow on NCHW
-    assert choose_backend(7, 7, cpu, needs_grad=True, channels_last=True) == 'direct'
-    assert choose_backend(7, 7, cpu, needs_grad=True, channels_last=False) == 'direct'
+    assert choose_backend(7, 7, cpu, needs_grad=True, channels_last=True) == 'matmul'  # direct's backward is slow
+    assert choose_backend(7, 7, cpu, needs_grad=True, channels_last=False) == 'matmul'
+    assert choose_backend(7, 7, cpu, needs_grad=False, channels_last=True) == 'direct'
     assert choose_backend(7, 7, cpu, needs_grad=False, channels_last=False) == 'matmul'
     assert choose_backend(14, 14, cpu, needs_grad=True, channels_last=True) == 'matmul'
     assert choose_backend(7, 100_000, cpu) == 'fft'  # matmul's cost grows with W^2 there

@@ -53,6 +53,9 @@ def time_shape(batch, channels, size, device, amp_dtype, channels_last, backends
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
+    # A dense upstream gradient in the input's layout, as a network's next layer hands back (out.sum()
+    # would give a stride-0 gradient that no real network produces and that some kernels special-case).
+    grad = torch.randn_like(x)
     layers = {'dwconv7x7': nn.Conv2d(channels, channels, 7, padding=3, groups=channels)}
     for backend in (*backends, 'auto'):
         layers[backend] = SGConv2d(channels, size, backend=backend)
@@ -65,7 +68,7 @@ def time_shape(batch, channels, size, device, amp_dtype, channels_last, backends
         def run():
             with autocast:
                 out = layer(x)
-            out.float().sum().backward()
+            out.float().backward(grad)
         return run
 
     medians = interleaved_medians({name: step(layer) for name, layer in layers.items()}, device, warmup, runs)
