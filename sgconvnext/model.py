@@ -11,7 +11,7 @@ facebookresearch) ``convnext_*`` checkpoint of the same size loads every shared 
 SGConv kernels at their init.
 """
 import logging
-from typing import Optional, Set, Tuple, Union
+from typing import Set, Tuple, Union
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernel import SGKernel1d, _positive_int
+from .toeplitz import toeplitz_conv2d
 
 __all__ = ['SGConv2d', 'BACKENDS', 'choose_backend', 'direct_conv2d', 'fast_fft_length', 'fft_conv2d', 'toeplitz_conv2d']
 
@@ -61,76 +62,6 @@ def fast_fft_length(n: int) -> int:
         if m == 1:
             return n
         n += 1
-
-
-def _toeplitz(kernel: torch.Tensor, n: int) -> torch.Tensor:
-    """(C, 2n-1) centred kernel -> (C, n, n) matrix T with ``T[c, i, j] = kernel[c, n - 1 + i - j]``."""
-    return kernel.flip(-1).unfold(-1, n, 1).flip(-2)
-
-
-def _to_channel_major(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) in any layout -> contiguous (C, H, B, W)."""
-    # Through contiguous NCHW: two plain copies beat one transposing copy from channels_last by up to 3x
-    # on CPU (56x56 maps), as every "direct" permute from (B, H, W, C) memory strides badly.
-    return x.contiguous().permute(1, 2, 0, 3).contiguous()
-
-
-def _to_batch_major(y: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-    """(C, H, B, W) -> (B, C, H, W) laid out in ``memory_format`` (through contiguous NCHW, as above)."""
-    return y.permute(2, 0, 1, 3).contiguous().contiguous(memory_format=memory_format)
-
-
-class _ChannelMajor(torch.autograd.Function):
-    """``_to_channel_major`` whose backward returns the gradient in the input's memory format."""
-
-    @staticmethod
-    def forward(ctx, x, memory_format):
-        ctx.memory_format = memory_format
-        return _to_channel_major(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _to_batch_major(grad, ctx.memory_format), None
-
-
-class _BatchMajor(torch.autograd.Function):
-    """``_to_batch_major`` whose backward takes the gradient to (C, H, B, W) by the fast route."""
-
-    @staticmethod
-    def forward(ctx, y, memory_format):
-        return _to_batch_major(y, memory_format)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _to_channel_major(grad), None
-
-
-def toeplitz_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
-                    bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Zero-padded separable convolution by two batched Toeplitz products, plus an optional bias.
-
-    x: (B, C, H, W); kh: (C, 2H-1); kw: (C, 2W-1) centred kernels; bias: (C,). Returns (B, C, H, W) in
-    x's memory format (contiguous or channels_last).
-    """
-    b, c, h, w = x.shape
-    memory_format = (torch.channels_last if c > 1 and x.is_contiguous(memory_format=torch.channels_last)
-                     and not x.is_contiguous() else torch.contiguous_format)
-    th = _toeplitz(kh.to(x.dtype), h)                       # (C, H, H)
-    tw_t = _toeplitz(kw.to(x.dtype), w).transpose(-1, -2)   # (C, W, W)
-    # One copy puts x in (C, H, B, W) order; then both products are per-channel GEMMs with the batch folded
-    # in, and neither needs another copy: Th @ (H, B*W), then (H*B, W) @ Tw^T. The bias rides on the second.
-    # The autograd Functions only route the gradients' copies the fast way; plain ops compute the same and
-    # are used without grad and when tracing (jit.trace and fvcore see Functions as opaque Python ops).
-    grad_mode = torch.is_grad_enabled() and not torch.jit.is_tracing()
-    xm = _ChannelMajor.apply(x, memory_format) if grad_mode and x.requires_grad else _to_channel_major(x)
-    y = torch.bmm(th, xm.view(c, h, b * w))                 # (C, H, B*W)
-    y = y.view(c, h * b, w)
-    if bias is None:
-        y = torch.bmm(y, tw_t)
-    else:
-        y = torch.baddbmm(bias.to(y.dtype).view(c, 1, 1), y, tw_t)       # (C, H*B, W)
-    y = y.view(c, h, b, w)
-    return _BatchMajor.apply(y, memory_format) if grad_mode and y.requires_grad else _to_batch_major(y, memory_format)
 
 
 def direct_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,

@@ -4,6 +4,7 @@ import torch
 
 from reference import direct_conv, reference_sgconv
 from sgconvnext import SGConv2d
+from sgconvnext import toeplitz
 from sgconvnext.sgconv import choose_backend, fast_fft_length
 
 BACKENDS = ('fft', 'matmul', 'direct', 'auto')
@@ -116,6 +117,49 @@ def test_autocast_cpu(backend, amp_dtype):
         assert out.dtype == torch.float32 and rel_err(out.double(), reference) < 1e-5
     else:
         assert out.dtype == amp_dtype and rel_err(out.double(), reference) < 2e-2
+
+
+@pytest.mark.parametrize('channels_last', (True, False))
+@pytest.mark.parametrize('h,w,l_max', SHAPES)
+def test_matmul_image_by_image_matches_direct_conv(monkeypatch, channels_last, h, w, l_max):
+    # The image-by-image path normally starts at 2048 pixels; lower the bar so small maps take it too.
+    monkeypatch.setattr(toeplitz, 'PER_IMAGE_MIN_PIXELS', 1)
+    layer = make_layer(l_max, backend='matmul')
+    x = torch.randn(3, 3, h, w, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    params = [x] + list(layer.parameters())
+    out, ref = layer(x), reference_sgconv(layer, x)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    for g, g_ref in zip(grads(out, params), grads(ref, params)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_matmul_image_by_image_gradcheck(monkeypatch):
+    monkeypatch.setattr(toeplitz, 'PER_IMAGE_MIN_PIXELS', 1)
+    layer = make_layer(5, backend='matmul')
+    x = torch.randn(2, 3, 5, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    kh, kw = layer.axis_kernels(5, 4)
+    assert torch.autograd.gradcheck(toeplitz.toeplitz_conv2d, (x, kh, kw, layer.bias))
+
+
+def test_matmul_takes_image_by_image_path_only_where_measured_faster():
+    layer = make_layer(48, dtype=torch.float32, channels=4, backend='matmul')
+    x = torch.randn(2, 4, 48, 48, requires_grad=True)  # 2304 pixels >= PER_IMAGE_MIN_PIXELS
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    out_cl = layer(x_cl)
+    assert type(out_cl.grad_fn).__name__ == '_ImageByImageBackward'
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    assert type(layer(x).grad_fn).__name__ != '_ImageByImageBackward'  # NCHW: whole batch
+    assert type(layer(x_cl[:, :, :28, :28]).grad_fn).__name__ != '_ImageByImageBackward'  # small map
+    with torch.autocast('cpu', dtype=torch.bfloat16):  # low precision: the whole-batch path follows autocast
+        out_amp = layer(x_cl)
+    assert out_amp.dtype == torch.bfloat16 and type(out_amp.grad_fn).__name__ != '_ImageByImageBackward'
+    torch.testing.assert_close(out_cl, layer(x), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('backend', ('fft', 'matmul', 'direct'))

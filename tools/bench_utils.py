@@ -44,7 +44,11 @@ def describe_machine(device: torch.device) -> str:
             cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
     except (OSError, StopIteration):
         pass
-    return f'{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, Python {platform.python_version()}'
+    # glibc's malloc settings change CPU timings a lot (large tensors are mmap'd and page-faulted afresh).
+    allocator = ', '.join(f'{k}={v}' for k, v in sorted(os.environ.items())
+                          if k.startswith('MALLOC_') or k == 'LD_PRELOAD') or 'default malloc settings'
+    return (f'{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}, '
+            f'Python {platform.python_version()}, {allocator}')
 
 
 def command_line() -> str:
