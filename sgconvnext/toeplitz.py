@@ -7,7 +7,7 @@ moving data between (B, C, H, W) layouts and (C, H, B, W); this module does thos
 * whole batch (default): x goes to (C, H, B, W) through contiguous NCHW, both products run over the whole
   batch, the result goes back to x's memory format. Two autograd Functions route the gradients' layout
   copies the same cheap way.
-* image by image (CPU, channels_last input, large maps): each image is moved, multiplied and written back
+* image by image (CPU, channels_last input, batch > 1, large maps): each image is moved, multiplied and written back
   while it is still in cache, and the backward recomputes the first product instead of saving it.
 """
 from typing import Optional
@@ -20,7 +20,9 @@ __all__ = ['toeplitz_conv2d', 'PER_IMAGE_MIN_PIXELS']
 # (forward + backward / 7x7 depthwise conv, tools/bench_sgconv.py shapes): at 56x56 (C=96, B=8 and 16)
 # 1.07-1.15 image by image against 1.10-1.91 whole batch (which moves ~20 MB tensors in and out of memory
 # eight times), and sgconvnext_tiny's training step took 3-4 % less time; at 28x28 whole batch won
-# (0.87-0.90 against 0.95-1.18). On NCHW input whole batch won at every stage size.
+# (0.87-0.90 against 0.95-1.18). On NCHW input whole batch won at every stage size. A batch of one is
+# already a single image: there the whole-batch path, which saves its first product, was faster (128x128
+# and 256x256, 1.6-1.8 against 2.2-2.3).
 PER_IMAGE_MIN_PIXELS = 2048
 
 
@@ -139,7 +141,7 @@ def toeplitz_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
     grad_mode = torch.is_grad_enabled() and not torch.jit.is_tracing()
     # Autocast would run the products in low precision, which the image-by-image output buffer (x's dtype)
     # and its hand-written backward do not follow: leave autocast to the whole-batch path.
-    if (channels_last and h * w >= PER_IMAGE_MIN_PIXELS and x.device.type == 'cpu'
+    if (channels_last and b > 1 and h * w >= PER_IMAGE_MIN_PIXELS and x.device.type == 'cpu'
             and not _autocast_on('cpu')):
         if grad_mode and any(t is not None and t.requires_grad for t in (x, th, tw_t, bias)):
             return _ImageByImage.apply(x, th, tw_t, bias)

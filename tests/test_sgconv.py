@@ -156,6 +156,7 @@ def test_matmul_takes_image_by_image_path_only_where_measured_faster():
     assert out_cl.is_contiguous(memory_format=torch.channels_last)
     assert type(layer(x).grad_fn).__name__ != '_ImageByImageBackward'  # NCHW: whole batch
     assert type(layer(x_cl[:, :, :28, :28]).grad_fn).__name__ != '_ImageByImageBackward'  # small map
+    assert type(layer(x_cl[:1]).grad_fn).__name__ != '_ImageByImageBackward'  # one image: whole batch
     with torch.autocast('cpu', dtype=torch.bfloat16):  # low precision: the whole-batch path follows autocast
         out_amp = layer(x_cl)
     assert out_amp.dtype == torch.bfloat16 and type(out_amp.grad_fn).__name__ != '_ImageByImageBackward'
