@@ -5,7 +5,7 @@ two-sided 1-D SGConv kernels of ``kernel.py``. The convolution is linear and zer
 size, never circular), then a per-channel bias is added. Exact ways to compute it:
 
 * ``"matmul"``: the zero-padded 1-D convolution along an axis is a Toeplitz product, so
-  ``y = Th @ x @ Tw^T`` per channel: two batched matrix products, O(HW(H+W)).
+  ``y = Th @ x @ Tw^T`` per channel: two batched matrix products, O(HW(H+W)) (``toeplitz.py``).
 * ``"fft"``: rfft per axis to a fast length >= 2n - 1, multiply by the outer product of the two
   axis spectra (the spatial 2-D kernel is never built), invert, crop. O(HW log HW).
 * ``"direct"``: two 1-D depthwise convolutions, (1, 2W-1) then (2H-1, 1), through the conv library
@@ -32,8 +32,9 @@ BACKENDS = ('auto', 'fft', 'matmul', 'direct')
 # * direct runs through oneDNN's depthwise conv: fast forward on channels_last input (as timm's ConvNeXt
 #   blocks give it), several times slower than matmul on contiguous NCHW input, and a slow backward (the
 #   conv library's depthwise weight gradient). So it is used for inference on channels_last input only,
-#   where it beat matmul at 7 to 56 and tied at 112 and 128. With a dense upstream gradient matmul won the
-#   forward + backward at every stage size, 7 to 56, in either layout.
+#   where it beat matmul at 7 to 56 and tied at 112 and 128 (against image-by-image matmul, see toeplitz.py,
+#   the 56x56 results went either way, within noise in whole-model inference). With a dense upstream
+#   gradient matmul won the forward + backward at every stage size, 7 to 56, in either layout.
 # * Otherwise matmul while its cost, H*W*(H+W) multiply-adds per channel, is below FFT_COST_FACTOR times
 #   n_h*n_w*log2(n_h*n_w) for the padded FFT. Matmul was faster at every square size measured, 7 to 1024
 #   (2.4x faster at 1024); the factor puts the square crossover near 2800.
