@@ -144,7 +144,9 @@ def test_matmul_image_by_image_gradcheck(monkeypatch):
     x = torch.randn(2, 3, 5, 4, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     x.requires_grad_()
     kh, kw = layer.axis_kernels(5, 4)
+    assert type(toeplitz.toeplitz_conv2d(x, kh, kw, layer.bias).grad_fn).__name__ == '_ImageByImageBackward'
     assert torch.autograd.gradcheck(toeplitz.toeplitz_conv2d, (x, kh, kw, layer.bias))
+    assert torch.autograd.gradgradcheck(toeplitz.toeplitz_conv2d, (x, kh, kw, layer.bias))  # e.g. grad penalties
 
 
 def test_matmul_takes_image_by_image_path_only_where_measured_faster():
