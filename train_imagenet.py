@@ -36,6 +36,7 @@ from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
 import sgconvnext  # noqa: F401  (registers sgconvnext_* with timm)
+from sgconvnext.atomic import atomic_open
 from sgconvnext.training.checkpoint import (
     CheckpointSaver, load_ema_state, load_training_checkpoint, restore_scheduler, resume_training, trim_summary)
 from sgconvnext.training.config import CLIError, parse_args, run_cli
@@ -264,7 +265,7 @@ def main(argv=None):
         exp_name = args.experiment or '-'.join([
             datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(data_config['input_size'][-1])])
         output_dir = utils.get_outdir(args.output or './output/train', exp_name)
-        with open(os.path.join(output_dir, 'args.yaml'), 'w') as f:
+        with atomic_open(os.path.join(output_dir, 'args.yaml')) as f:
             f.write(args_text)
         summary_path = os.path.join(output_dir, 'summary.csv')
         trim_summary(summary_path, start_epoch)

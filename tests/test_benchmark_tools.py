@@ -190,3 +190,9 @@ def test_plot_kernels_refuses_a_checkpoint_of_another_size(tmp_path):
     with pytest.raises(SystemExit, match='cannot build sgconvnext_atto'):
         plot_kernels.main(['--model', 'sgconvnext_atto', '--img-size', '224', '--checkpoint', str(path),
                            '--out', str(tmp_path / 'k.png')])
+
+
+def test_plot_kernels_refuses_an_unknown_image_extension_and_writes_nothing(tmp_path):
+    with pytest.raises(SystemExit, match=r"image extension such as \.png, got '.*k\.txt'"):
+        plot_kernels.main(['--model', 'sgconvnext_atto', '--img-size', '64', '--out', str(tmp_path / 'k.txt')])
+    assert os.listdir(tmp_path) == []

@@ -4,12 +4,14 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Callable, Dict
 
 import timm
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+from sgconvnext.atomic import atomic_open  # noqa: E402
 
 
 def synchronize(device: torch.device) -> None:
@@ -71,13 +73,8 @@ def write_section(path: str, key: str, text: str) -> None:
         new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
     else:
         new = old.rstrip() + '\n\n' + block + '\n'
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.bench-', suffix='.md')
-    with os.fdopen(fd, 'w') as f:
+    with atomic_open(path) as f:
         f.write(new)
-    os.chmod(tmp, 0o644)  # mkstemp makes the file private; a report is for everyone
-    os.replace(tmp, path)
 
 
 def git_revision() -> str:

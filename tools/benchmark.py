@@ -45,6 +45,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import timm  # noqa: E402
 import sgconvnext  # noqa: E402,F401  (registers the sgconvnext_* models)
 from sgconvnext import SGConv2d  # noqa: E402
+from sgconvnext.atomic import atomic_open  # noqa: E402
 from sgconvnext.flops import count_activations, count_flops  # noqa: E402
 
 BENCHES = ('flops', 'infer', 'train')
@@ -398,7 +399,7 @@ def main(argv=None):
         torch.set_num_threads(threads)
     print(report, flush=True)
     if args.json:
-        with open(args.json, 'w') as f:
+        with atomic_open(args.json) as f:
             json.dump(rows, f, indent=1)
         log(f'wrote {args.json}')
     if args.write:

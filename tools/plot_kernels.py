@@ -31,6 +31,7 @@ from bench_utils import create_model_for_size  # noqa: E402
 import timm  # noqa: E402
 import sgconvnext  # noqa: E402,F401  (registers the sgconvnext_* models)
 from sgconvnext import SGConv2d  # noqa: E402
+from sgconvnext.atomic import atomic_open  # noqa: E402
 
 MARGIN, GAP, LABEL_WIDTH, TITLE_HEIGHT, PROFILE_HEIGHT, MIN_WIDTH = 8, 4, 112, 28, 200, 480
 POSITIVE, NEGATIVE, WHITE = np.array([178, 24, 43]), np.array([33, 102, 172]), np.array([255, 255, 255])
@@ -196,8 +197,11 @@ def main(argv=None):
         image = render(model, title, args.channels, args.cell, args.gamma, args.block, args.profile_stage)
     except ValueError as e:
         raise SystemExit(f'plot_kernels.py: error: {e}')
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    image.save(args.out, optimize=True)
+    image_format = Image.registered_extensions().get(os.path.splitext(args.out)[1].lower())
+    if image_format is None:
+        raise SystemExit(f'plot_kernels.py: error: --out must end in an image extension such as .png, got {args.out!r}')
+    with atomic_open(args.out, 'wb') as f:
+        image.save(f, format=image_format, optimize=True)
     print(f'wrote {args.out} ({image.width}x{image.height})', file=sys.stderr)
     return args.out
 

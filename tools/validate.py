@@ -26,6 +26,7 @@ from timm.models import clean_state_dict
 from timm.utils import FormatterNoInfo, ParseKwargs, random_seed
 
 import sgconvnext  # noqa: F401  (registers sgconvnext_* with timm)
+from sgconvnext.atomic import atomic_open
 from sgconvnext.training.checkpoint import load_checkpoint_file
 from sgconvnext.training.config import CLIError, OneLineErrorParser, run_cli
 from sgconvnext.training.data import create_checked_dataset
@@ -192,12 +193,12 @@ def main(argv=None):
     print(json.dumps(results, indent=4))
     if args.results_file:
         if args.results_format == 'csv':
-            with open(args.results_file, 'w', newline='') as f:
+            with atomic_open(args.results_file, 'w', newline='') as f:
                 writer = csv.DictWriter(f, fieldnames=list(results))
                 writer.writeheader()
                 writer.writerow(results)
         else:
-            with open(args.results_file, 'w') as f:
+            with atomic_open(args.results_file) as f:
                 json.dump(results, f, indent=4)
     return results
 

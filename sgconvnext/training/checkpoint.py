@@ -19,6 +19,7 @@ from timm.models import clean_state_dict
 from timm.utils import CheckpointSaver as TimmCheckpointSaver
 from timm.utils import get_state_dict, unwrap_model
 
+from ..atomic import atomic_open
 from .config import CLIError
 
 __all__ = ['CheckpointSaver', 'load_checkpoint_file', 'load_training_checkpoint', 'resume_training', 'load_ema_state',
@@ -177,9 +178,7 @@ def trim_summary(filename: str, start_epoch: int) -> None:
     if not keep:
         os.remove(filename)
         return
-    tmp = filename + '.tmp'
-    with open(tmp, 'w', newline='') as f:
+    with atomic_open(filename, 'w', newline='') as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(keep)
-    os.replace(tmp, filename)
