@@ -7,8 +7,8 @@ moving data between (B, C, H, W) layouts and (C, H, B, W); this module does thos
 * whole batch (default): x goes to (C, H, B, W) through contiguous NCHW, both products run over the whole
   batch, the result goes back to x's memory format. Two autograd Functions route the gradients' layout
   copies the same cheap way.
-* image by image (CPU, channels_last input, batch > 1, large maps): each image is moved, multiplied and written back
-  while it is still in cache, and the backward recomputes the first product instead of saving it.
+* image by image (CPU, channels_last input, batch > 1, large maps): each image is moved, multiplied and
+  written back while it is still in cache, and the backward recomputes the first product instead of saving it.
 """
 from typing import Optional
 
@@ -19,10 +19,10 @@ __all__ = ['toeplitz_conv2d', 'PER_IMAGE_MIN_PIXELS']
 # Image by image when H*W >= this, on CPU with channels_last input. Measured on a 2-core CPU
 # (forward + backward / 7x7 depthwise conv, tools/bench_sgconv.py shapes): at 56x56 (C=96, B=8 and 16)
 # 1.07-1.15 image by image against 1.10-1.91 whole batch (which moves ~20 MB tensors in and out of memory
-# eight times), and sgconvnext_tiny's training step took 3-4 % less time; at 28x28 whole batch won
-# (0.87-0.90 against 0.95-1.18). On NCHW input whole batch won at every stage size. A batch of one is
-# already a single image: there the whole-batch path, which saves its first product, was faster (128x128
-# and 256x256, 1.6-1.8 against 2.2-2.3).
+# eight times), and sgconvnext_tiny's training step took 4-7 % less time (in-process A/B, batch 8 and 16);
+# at 28x28 whole batch won (0.87-0.90 against 0.95-1.18). On NCHW input whole batch won at every stage size.
+# A batch of one is already a single image: there the whole-batch path, which saves its first product, was
+# faster (128x128 and 256x256, 1.6-1.8 against 2.2-2.3).
 PER_IMAGE_MIN_PIXELS = 2048
 
 
