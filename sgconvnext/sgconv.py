@@ -32,9 +32,10 @@ BACKENDS = ('auto', 'fft', 'matmul', 'direct')
 # * direct runs through oneDNN's depthwise conv: fast forward on channels_last input (as timm's ConvNeXt
 #   blocks give it), several times slower than matmul on contiguous NCHW input, and a slow backward (the
 #   conv library's depthwise weight gradient). So it is used for inference on channels_last input only,
-#   where it beat matmul at 7 to 56 and tied at 112 and 128 (against image-by-image matmul, see toeplitz.py,
-#   the 56x56 results went either way, within noise in whole-model inference). With a dense upstream
-#   gradient matmul won the forward + backward at every stage size, 7 to 56, in either layout.
+#   where it beat matmul at 7 to 56 and tied at 112 and 128. Image-by-image matmul (toeplitz.py) was faster
+#   than direct on a lone 56x56 layer, but sgconvnext_tiny's inference was 3-4 % slower with it, so direct
+#   stays. With a dense upstream gradient matmul won the forward + backward at every stage size, 7 to 56,
+#   in either layout.
 # * Otherwise matmul while its cost, H*W*(H+W) multiply-adds per channel, is below FFT_COST_FACTOR times
 #   n_h*n_w*log2(n_h*n_w) for the padded FFT. Matmul was faster at every square size measured, 7 to 1024
 #   (2.4x faster at 1024); the factor puts the square crossover near 2800.
