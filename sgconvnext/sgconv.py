@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernel import SGKernel1d, _positive_int
-from .toeplitz import toeplitz_conv2d
+from .toeplitz import is_channels_last, toeplitz_conv2d
 
 __all__ = ['SGConv2d', 'BACKENDS', 'choose_backend', 'direct_conv2d', 'fast_fft_length', 'fft_conv2d', 'toeplitz_conv2d']
 
@@ -191,7 +191,7 @@ class SGConv2d(nn.Module):
         height, width = int(x.shape[-2]), int(x.shape[-1])  # ints also under torch.jit.trace (fvcore)
         kh, kw = self.axis_kernels(height, width)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or kh.requires_grad)
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and x.shape[1] > 1
+        channels_last = is_channels_last(x)
         backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last)
         if backend == 'direct':
             return direct_conv2d(x, kh, kw, self.bias)

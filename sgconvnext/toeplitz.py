@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ['toeplitz_conv2d', 'PER_IMAGE_MIN_PIXELS']
+__all__ = ['toeplitz_conv2d', 'is_channels_last', 'PER_IMAGE_MIN_PIXELS']
 
 # Image by image when H*W >= this, on CPU with channels_last input. Measured on a 2-core CPU
 # (forward + backward / 7x7 depthwise conv, tools/bench_sgconv.py shapes): at 56x56 (C=96, B=8 and 16)
@@ -24,6 +24,11 @@ __all__ = ['toeplitz_conv2d', 'PER_IMAGE_MIN_PIXELS']
 # A batch of one is already a single image: there the whole-batch path, which saves its first product, was
 # faster (128x128 and 256x256, 1.6-1.8 against 2.2-2.3).
 PER_IMAGE_MIN_PIXELS = 2048
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """Whether a (B, C, H, W) tensor is laid out channels_last (and not also plain contiguous, as 1x1 maps are)."""
+    return x.shape[1] > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def _toeplitz(kernel: torch.Tensor, n: int) -> torch.Tensor:
@@ -103,17 +108,21 @@ class _ImageByImage(torch.autograd.Function):
     def backward(ctx, grad):
         x, th, tw_t = ctx.saved_tensors
         c, h, w = x.shape[1:]
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_th, grad_tw_t = torch.zeros_like(th), torch.zeros_like(tw_t)
+        need_x, need_th, need_tw, need_bias = ctx.needs_input_grad
+        grad_x = torch.empty_like(x) if need_x else None
+        grad_th = torch.zeros_like(th) if need_th else None
+        grad_tw_t = torch.zeros_like(tw_t) if need_tw else None
         for i in range(x.shape[0]):
             xi = x[i].contiguous().view(c, h, w)
             gi = grad[i].contiguous().view(c, h, w)
-            grad_tw_t.baddbmm_(torch.bmm(th, xi).transpose(1, 2), gi)  # y1 = th @ xi is recomputed, not saved
+            if need_tw:
+                grad_tw_t.baddbmm_(torch.bmm(th, xi).transpose(1, 2), gi)  # y1 = th @ xi recomputed, not saved
             grad_y1 = torch.bmm(gi, tw_t.transpose(1, 2))
-            grad_th.baddbmm_(grad_y1, xi.transpose(1, 2))
-            if grad_x is not None:
+            if need_th:
+                grad_th.baddbmm_(grad_y1, xi.transpose(1, 2))
+            if need_x:
                 grad_x[i].copy_(torch.bmm(th.transpose(1, 2), grad_y1))
-        grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias else None
+        grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias and need_bias else None
         return grad_x, grad_th, grad_tw_t, grad_bias
 
 
@@ -132,7 +141,7 @@ def toeplitz_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
     x's memory format (contiguous or channels_last), so a channels_last block needs no extra copy.
     """
     b, c, h, w = x.shape
-    channels_last = c > 1 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    channels_last = is_channels_last(x)
     th = _toeplitz(kh.to(x.dtype), h)                       # (C, H, H)
     tw_t = _toeplitz(kw.to(x.dtype), w).transpose(-1, -2)   # (C, W, W)
     bias = None if bias is None else bias.to(x.dtype)

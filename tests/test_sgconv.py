@@ -149,6 +149,17 @@ def test_matmul_image_by_image_gradcheck(monkeypatch):
     assert torch.autograd.gradgradcheck(toeplitz.toeplitz_conv2d, (x, kh, kw, layer.bias))  # e.g. grad penalties
 
 
+def test_matmul_image_by_image_with_frozen_kernels(monkeypatch):
+    monkeypatch.setattr(toeplitz, 'PER_IMAGE_MIN_PIXELS', 1)
+    layer = make_layer(6, backend='matmul').requires_grad_(False)
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    out, ref = layer(x), reference_sgconv(layer, x)
+    assert type(out.grad_fn).__name__ == '_ImageByImageBackward'
+    (g,), (g_ref,) = grads(out, [x]), grads(ref, [x])
+    torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
+
+
 def test_matmul_takes_image_by_image_path_only_where_measured_faster():
     layer = make_layer(48, dtype=torch.float32, channels=4, backend='matmul')
     x = torch.randn(2, 4, 48, 48, requires_grad=True)  # 2304 pixels >= PER_IMAGE_MIN_PIXELS

@@ -11,15 +11,12 @@ All timings of one shape are interleaved in one process; each cell is the median
 import argparse
 import contextlib
 import datetime
-import os
-import sys
 
 import torch
 from torch import nn
 
 from bench_utils import command_line, describe_machine, git_revision, interleaved_medians, log, write_section
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from sgconvnext import SGConv2d  # noqa: E402
 
 STAGE_SHAPES = [(16, 96, 56), (16, 192, 28), (16, 384, 14), (16, 768, 7)]  # ConvNeXt-T, batch 16

@@ -10,7 +10,9 @@ from typing import Callable, Dict
 import timm
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+# The scripts beside this file import it first; putting the checkout on the path here lets them (and this file)
+# import sgconvnext without installing it.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from sgconvnext.atomic import atomic_open  # noqa: E402
 
 

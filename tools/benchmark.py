@@ -32,7 +32,6 @@ import difflib
 import json
 import os
 import statistics
-import sys
 import time
 
 import torch
@@ -41,7 +40,6 @@ import torch.nn.functional as F
 from bench_utils import (command_line, create_model_for_size, describe_machine, git_revision, interleaved_medians,
                          log, synchronize, write_section)
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 import timm  # noqa: E402
 import sgconvnext  # noqa: E402,F401  (registers the sgconvnext_* models)
 from sgconvnext import SGConv2d  # noqa: E402

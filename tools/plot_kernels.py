@@ -26,7 +26,6 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 from bench_utils import create_model_for_size  # noqa: E402
 import timm  # noqa: E402
 import sgconvnext  # noqa: E402,F401  (registers the sgconvnext_* models)
