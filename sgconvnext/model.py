@@ -2,27 +2,37 @@
 
 Everything but the token mixer (stem, downsampling, norms, MLPs, layer scale, drop path, head,
 feature_info, forward_intermediates, grad checkpointing) is timm's ConvNeXt, inherited unchanged.
-Each block's ``conv_dw`` becomes an ``SGConv2d`` whose kernels are sized for its stage's map at
+Each block's ``conv_dw`` becomes an ``SGConv2d`` whose kernels are built for its stage's map at
 ``img_size`` (``img_size // reduction``). The model runs at any input size: kernels are regenerated
-for each map size; past the size they were built for, taps are zero (see ``sgconvnext/kernel.py``).
+for each map size by the ``sg_resize`` policy (``sgconvnext/resize.py``): ``"stretch"`` resamples them to
+span every map, ``"fixed"`` keeps each tap's pixel offset (zero past the built size).
+
+Checkpoints carry each kernel's geometry (``...conv_dw.kernel_{h,w}.geometry``): a model built for another
+``img_size`` takes the checkpoint's geometry on load and computes exactly what the saved model did, at every
+input size (``kernel.py``); the load logs it.
 
 Warm start: ``pretrained=True, pretrained_cfg_overlay=dict(file=...)`` with a timm (or original
 facebookresearch) ``convnext_*`` checkpoint of the same size loads every shared tensor and keeps the
 SGConv kernels at their init.
 """
 import logging
-from typing import Set, Tuple, Union
+import re
+from collections import Counter
+from typing import Dict, Set, Tuple, Union
 
 import torch
+from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_module, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import resolve_pretrained_cfg
 from timm.models.convnext import ConvNeXt, checkpoint_filter_fn as convnext_checkpoint_filter_fn
 
+from .kernel import SGKernel1d, missing_geometry_error, pack_geometry
+from .resize import DEFAULT_RESIZE
 from .sgconv import SGConv2d
 
-__all__ = ['SGConvNeXt', 'checkpoint_filter_fn']
+__all__ = ['SGConvNeXt', 'checkpoint_filter_fn', 'add_kernel_geometry']
 
 _logger = logging.getLogger(__name__)
 
@@ -38,6 +48,7 @@ class SGConvNeXt(ConvNeXt):
         sg_kernel_dim: learned values per sub-kernel.
         sg_decay: weight of sub-kernel i is ``sg_decay**i``.
         sg_backend: ``"auto"``, ``"fft"``, ``"matmul"`` or ``"direct"`` for every SGConv2d.
+        sg_resize: ``"stretch"`` or ``"fixed"``, how kernels meet maps of another size (``resize.py``).
     """
 
     def __init__(
@@ -46,6 +57,7 @@ class SGConvNeXt(ConvNeXt):
             sg_kernel_dim: int = 8,
             sg_decay: float = 0.5,
             sg_backend: str = 'auto',
+            sg_resize: str = DEFAULT_RESIZE,
             **kwargs,
     ):
         super().__init__(**kwargs)
@@ -65,9 +77,11 @@ class SGConvNeXt(ConvNeXt):
                     decay=sg_decay,
                     backend=sg_backend,
                     bias=conv.bias is not None,
+                    resize=sg_resize,
                     device=conv.weight.device,
                     dtype=conv.weight.dtype,
                 )
+        self.register_load_state_dict_post_hook(_log_geometry_changes)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
@@ -79,10 +93,45 @@ class SGConvNeXt(ConvNeXt):
         }
 
 
+def _log_geometry_changes(model: nn.Module, incompatible_keys) -> None:
+    """After a load: one log line for the kernels that took their checkpoint's geometry (kernel.py)."""
+    changes, policies = Counter(), set()
+    for module in model.modules():
+        if isinstance(module, SGKernel1d) and module.geometry_change is not None:
+            changes[module.geometry_change] += 1
+            policies.add(module.resize)
+            module.geometry_change = None
+    if changes:
+        pairs = ', '.join(f'{n} x {before} -> {after}' for (before, after), n in sorted(changes.items(), reverse=True))
+        _logger.info(f'Loaded SGConv kernels built for other map sizes: {sum(changes.values())} axis kernels took '
+                     f'the checkpoint\'s geometry (l_max, kernel_dim, decay) [{pairs}], so they compute what they '
+                     f'did when saved; at other map sizes they follow the {"/".join(sorted(policies))} policy.')
+
+
+def add_kernel_geometry(state_dict: Dict[str, torch.Tensor], img_size: Union[int, Tuple[int, int]] = 224,
+                        decay: float = 0.5) -> Dict[str, torch.Tensor]:
+    """A copy of an sgconvnext state dict saved before kernels recorded their geometry, with the geometry added.
+
+    ``img_size`` and ``decay`` must be what the model was built with (its ``img_size`` and ``sg_decay``); the
+    stage of each kernel gives its map (``img_size // (4 * 2**stage)``), the weight's shape its kernel_dim.
+    """
+    img_size = to_2tuple(img_size)
+    out = dict(state_dict)
+    for key, weight in state_dict.items():
+        match = re.search(r'(?:^|\.)stages[._](\d+)\..*\.conv_dw\.kernel_([hw])\.weight$', key)
+        if match is None:
+            continue
+        stage, axis = int(match.group(1)), match.group(2)
+        l_max = max(1, img_size[0 if axis == 'h' else 1] // (4 * 2 ** stage))
+        out.setdefault(key[:-len('weight')] + 'geometry', pack_geometry(l_max, weight.shape[-1], decay))
+    return out
+
+
 def checkpoint_filter_fn(state_dict, model: SGConvNeXt):
     """Map an sgconvnext or convnext_* checkpoint onto ``model``; check it fits.
 
-    * sgconvnext checkpoints pass through.
+    * sgconvnext checkpoints pass through; their kernels bring their own geometry (their shapes may differ
+      from the model's when it was built for another ``img_size``), and without it they are refused.
     * ConvNeXt checkpoints (timm or facebookresearch layout) load every tensor the two share; their
       7x7 ``conv_dw.weight`` kernels are dropped and the SGConv kernels keep their initialization.
     * A tensor of the wrong shape, a model tensor the checkpoint lacks (other than SGConv kernels) or a
@@ -93,10 +142,15 @@ def checkpoint_filter_fn(state_dict, model: SGConvNeXt):
     classifier = model.pretrained_cfg.get('classifier', 'head.fc') if hasattr(model, 'pretrained_cfg') else 'head.fc'
     dropped = [k for k in state_dict if k not in model_state and k.endswith('.conv_dw.weight')]
     unexpected = [k for k in state_dict if k not in model_state and k not in dropped]
+    for key in state_dict:
+        if '.conv_dw.kernel_' in key and key.endswith('.weight') and key[:-len('weight')] + 'geometry' not in state_dict:
+            raise missing_geometry_error(key[:-len('weight')] + 'geometry')
+    resized = {k for k in state_dict if '.conv_dw.kernel_' in k and k.endswith('.weight')}  # shape = the geometry's
     mismatched = [
         f'{k}: checkpoint {tuple(v.shape)}, model {tuple(model_state[k].shape)}'
         for k, v in state_dict.items()
         if k in model_state and v.shape != model_state[k].shape and not k.startswith(classifier + '.')
+        and k not in resized
     ]
     # Only a ConvNeXt checkpoint (no SGConv kernels at all) may leave the kernels at their init: a partial
     # sgconvnext checkpoint (say, weights without their norm buffers) would silently rescale the kernels.
@@ -112,9 +166,6 @@ def checkpoint_filter_fn(state_dict, model: SGConvNeXt):
         problems.append(f'{len(unexpected)} checkpoint tensors the model has no place for ({", ".join(unexpected[:3])})')
     if problems:
         hint = 'Was it made for another model size? (e.g. convnext_tiny weights fit sgconvnext_tiny only)'
-        if mismatched and all('.conv_dw.kernel_' in m for m in mismatched):
-            hint = ('Only SGConv kernels differ: the checkpoint was built for another img_size. Build the model with '
-                    'the img_size it was trained at; it still runs at any input size.')
         raise ValueError('checkpoint does not fit this model: ' + '; '.join(problems) + '. ' + hint)
     if dropped or kept_init:
         _logger.warning(

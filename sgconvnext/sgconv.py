@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kernel import SGKernel1d, _positive_int
+from .resize import DEFAULT_RESIZE, check_resize
 from .toeplitz import is_channels_last, toeplitz_conv2d
 
 __all__ = ['SGConv2d', 'BACKENDS', 'choose_backend', 'direct_conv2d', 'fast_fft_length', 'fft_conv2d', 'toeplitz_conv2d']
@@ -122,12 +123,14 @@ class SGConv2d(nn.Module):
 
     Args:
         dim: channels C.
-        l_max: taps per side of each axis kernel, an int or an (H, W) pair; use the map size the layer
-            will see (taps at larger offsets are zero, see ``kernel.py``).
+        l_max: taps per side of each axis kernel, an int or an (H, W) pair: the map size the layer is built
+            for (the geometry; a loaded checkpoint brings its own, see ``kernel.py``).
         kernel_dim: learned values per sub-kernel.
         decay: weight of sub-kernel i is ``decay**i``.
         backend: ``"auto"``, ``"fft"``, ``"matmul"`` or ``"direct"``; all compute the same function.
         bias: add a learned per-channel bias.
+        resize: how the kernels meet maps of another size (``resize.py``): ``"stretch"`` resamples them to span
+            the map, ``"fixed"`` keeps each tap's pixel offset (zero past ``l_max``).
 
     Shape: (B, C, H, W) -> (B, C, H, W) for any H, W >= 1.
     """
@@ -140,19 +143,34 @@ class SGConv2d(nn.Module):
             decay: float = 0.5,
             backend: str = 'auto',
             bias: bool = True,
+            resize: str = DEFAULT_RESIZE,
             device=None,
             dtype=None,
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         self.dim = _positive_int('dim', dim)
-        self.l_max = _pair('l_max', l_max)
+        l_max = _pair('l_max', l_max)
         if backend not in BACKENDS:
             raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
         self.backend = backend
-        self.kernel_h = SGKernel1d(dim, self.l_max[0], kernel_dim, decay, **dd)
-        self.kernel_w = SGKernel1d(dim, self.l_max[1], kernel_dim, decay, **dd)
+        self.kernel_h = SGKernel1d(dim, l_max[0], kernel_dim, decay, resize, **dd)
+        self.kernel_w = SGKernel1d(dim, l_max[1], kernel_dim, decay, resize, **dd)
         self.bias = nn.Parameter(torch.zeros(dim, **dd)) if bias else None
+
+    @property
+    def l_max(self) -> Tuple[int, int]:
+        """(H, W) map size the kernels are built for (the checkpoint's, after loading one)."""
+        return self.kernel_h.l_max, self.kernel_w.l_max
+
+    @property
+    def resize(self) -> str:
+        """The size policy of both axis kernels; settable."""
+        return self.kernel_h.resize
+
+    @resize.setter
+    def resize(self, value: str) -> None:
+        self.kernel_h.resize = self.kernel_w.resize = check_resize(value)
 
     def axis_kernels(self, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Centred axis kernels ((C, 2H-1), (C, 2W-1)) in the parameters' dtype, autocast off."""
@@ -205,4 +223,5 @@ class SGConv2d(nn.Module):
         return {'kernel_h.weight', 'kernel_w.weight'}
 
     def extra_repr(self) -> str:
-        return f'{self.dim}, l_max={self.l_max}, backend={self.backend!r}, bias={self.bias is not None}'
+        return (f'{self.dim}, l_max={self.l_max}, backend={self.backend!r}, resize={self.resize!r}, '
+                f'bias={self.bias is not None}')

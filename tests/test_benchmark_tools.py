@@ -77,6 +77,18 @@ def test_sweep_rows_report_the_backend_auto_runs_per_stage():
     assert rows[1]['gmacs'] > 3.5 * rows[0]['gmacs']  # 4x the pixels, at least ~4x the MACs
 
 
+@pytest.mark.parametrize('resize', ['stretch', 'fixed'])
+def test_build_size_runs_one_model_at_every_size_and_reports_its_kernels(resize):
+    rows = benchmark.main(['--models', 'sgconvnext_atto', '--bench', 'flops', '--img-size', '32', '64',
+                           '--build-size', '32', '--model-kwargs', f'sg_resize={resize}', '--device', 'cpu'])
+    assert rows[0]['params'] == rows[1]['params'] and [r['build_size'] for r in rows] == [32, 32]
+    stages = rows[1]['auto_backends']
+    assert [s['map'] for s in stages] == [[16, 16], [8, 8], [4, 4], [2, 2]]
+    assert [s['built'] for s in stages] == [[8, 8], [4, 4], [2, 2], [1, 1]] and {s['resize'] for s in stages} == {resize}
+    table = '\n'.join(benchmark.format_backends(rows))
+    assert f'16x16 (8x8, {resize}):' in table and '| 32 | sgconvnext_atto | 8x8: ' in table
+
+
 def test_model_kwargs_reach_the_model_and_threads_are_restored():
     threads = torch.get_num_threads()
     rows = benchmark.main(['--models', 'sgconvnext_atto', '--model-kwargs', 'sg_backend=fft', 'sg_kernel_dim=4',
@@ -184,12 +196,30 @@ def test_plot_kernels_from_checkpoint_shows_its_weights(tmp_path):
                               '--no-ema', '--out', str(tmp_path / 'k.png')]) == str(tmp_path / 'k.png')
 
 
-def test_plot_kernels_refuses_a_checkpoint_of_another_size(tmp_path):
+def test_plot_kernels_draws_a_checkpoint_of_another_size_with_its_geometry(tmp_path):
     path = tmp_path / 'ckpt.pth'
-    torch.save(timm.create_model('sgconvnext_atto', img_size=64).state_dict(), path)
-    with pytest.raises(SystemExit, match='cannot build sgconvnext_atto'):
-        plot_kernels.main(['--model', 'sgconvnext_atto', '--img-size', '224', '--checkpoint', str(path),
-                           '--out', str(tmp_path / 'k.png')])
+    source = timm.create_model('sgconvnext_atto', img_size=64)
+    torch.save(source.state_dict(), path)
+    loaded = plot_kernels.build_model('sgconvnext_atto', 224, str(path))
+    (_, kernels, _), *_ = plot_kernels.stage_kernels(loaded)
+    torch.testing.assert_close(kernels, source.stages[0].blocks[0].conv_dw.materialize(16, 16).detach().double())
+
+
+@pytest.mark.parametrize('resize', ['fixed', 'stretch'])
+def test_plot_kernels_draws_one_layer_at_several_sizes(tmp_path, resize):
+    model = plot_kernels.build_model('sgconvnext_atto', 64, resize=resize)
+    (_, small, _), (_, large, _) = plot_kernels.size_kernels(model, [64, 128], stage=1)
+    assert small.shape[-2:] == (15, 15) and large.shape[-2:] == (31, 31)  # 8x8 and 16x16 maps
+    if resize == 'stretch':  # 2x per axis: every other tap is the built one, scaled by 1/2 per axis
+        torch.testing.assert_close(large[:, 1::2, 1::2], small / 4)
+    else:  # the built taps in the middle, zero around them
+        torch.testing.assert_close(large[:, 8:-8, 8:-8], small)
+        assert large[:, :8].abs().sum() == 0
+    out = tmp_path / 'k.png'
+    plot_kernels.main(['--model', 'sgconvnext_atto', '--img-size', '64', '--sizes', '64', '128', '256', '--stage', '1',
+                       '--resize', resize, '--channels', '3', '--cell', '20', '--out', str(out)])
+    with Image.open(out) as image:
+        assert image.size == plot_kernels.canvas_size(3, 3, 20)  # a row per size
 
 
 def test_plot_kernels_refuses_an_unknown_image_extension_and_writes_nothing(tmp_path):

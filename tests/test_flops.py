@@ -126,6 +126,23 @@ def test_sgconv_count_equals_hand_count(backend, grad):
     assert unsupported <= {'aten::add', 'aten::sub', 'aten::rsub', 'aten::div'}  # elementwise, as fvcore leaves them
 
 
+@pytest.mark.parametrize('size', ((20, 16), (7, 5)))
+def test_stretched_kernels_count_what_runs_each_forward(size):
+    # At another map size the kernel is weight @ (basis @ S_L); basis @ S_L is computed once per size (cached), so
+    # a forward runs, and fvcore counts, one (C, 2 n_scales d) @ (2 n_scales d, 2L - 1) product per axis, cold
+    # cache or warm.
+    h, w = size
+    layer, x = make_layer('matmul'), torch.randn(B, C, h, w)
+    assert layer.resize == 'stretch'
+    expected = C * B * h * w * w + C * h * h * B * w
+    for built, length in ((H, h), (W, w)):
+        expected += C * (2 * (1 + math.ceil(math.log2(built / D))) * D) * (2 * length - 1)
+    assert not layer.kernel_h._stretched
+    assert count_flops(layer, x).total() == pytest.approx(expected, rel=1e-12)  # the first trace fills the cache
+    assert set(layer.kernel_h._stretched) == {h}
+    assert count_flops(layer, x).total() == pytest.approx(expected, rel=1e-12)
+
+
 @pytest.mark.parametrize('grad,backend', ((True, 'matmul'), (False, 'direct')))
 def test_auto_is_counted_as_the_backend_it_runs(grad, backend):
     layer, x = make_layer('auto'), torch.randn(B, C, H, W).contiguous(memory_format=torch.channels_last)

@@ -1,17 +1,20 @@
-"""The 1-D multi-scale decaying kernel: construction, parameter growth, decay, normalization."""
+"""The 1-D multi-scale decaying kernel: construction, parameter growth, decay, normalization, size policies,
+the geometry in the state dict."""
 import pytest
 import torch
 
 from reference import reference_axis_kernel
-from sgconvnext.kernel import SGKernel1d, num_scales
+from sgconvnext import resize as resize_module
+from sgconvnext.kernel import SGKernel1d, num_scales, pack_geometry, unpack_geometry
 
 
+@pytest.mark.parametrize('resize', ['fixed', 'stretch'])
 @pytest.mark.parametrize('decay', [0.5, 0.7])
 @pytest.mark.parametrize('l_max,kernel_dim', [(1, 8), (7, 8), (8, 8), (56, 8), (100, 16), (33, 4)])
 @pytest.mark.parametrize('length', [1, 5, 56, 130])
-def test_kernel_matches_scale_by_scale_reference(l_max, kernel_dim, length, decay):
+def test_kernel_matches_scale_by_scale_reference(l_max, kernel_dim, length, decay, resize):
     torch.manual_seed(0)
-    k = SGKernel1d(6, l_max, kernel_dim, decay=decay).double()  # the cast rebuilds the basis in float64
+    k = SGKernel1d(6, l_max, kernel_dim, decay=decay, resize=resize).double()  # the cast rebuilds the basis in float64
     with torch.no_grad():
         k.weight.normal_()
     out = k(length)
@@ -27,8 +30,8 @@ def test_scales_cover_l_max():
             assert n == 1 or d * 2 ** (n - 2) < l_max           # and one scale fewer would not
 
 
-def test_taps_past_l_max_are_zero():
-    k = SGKernel1d(3, 10, 4)
+def test_fixed_taps_past_l_max_are_zero():
+    k = SGKernel1d(3, 10, 4, resize='fixed')
     out = k(25)  # centre at 24
     assert torch.all(out[:, :24 - 9] == 0) and torch.all(out[:, 24 + 10:] == 0)
     assert torch.all(out[:, 24 - 9:24 + 10] != 0)
@@ -98,3 +101,93 @@ def test_bad_arguments(kwargs, error):
 def test_bad_length():
     with pytest.raises(ValueError, match='length'):
         SGKernel1d(2, 8)(0)
+
+
+def test_stretch_spans_every_length():
+    torch.manual_seed(0)
+    k = SGKernel1d(4, 12, 4, resize='stretch').double()
+    built = k(12).detach()
+    for length in (3, 5, 12, 25, 48):
+        taps = k(length).detach()
+        assert taps.shape == (4, 2 * length - 1)
+        assert torch.all(taps[:, [0, -1]] != 0)  # the outermost taps of every length take part: global
+    for length in (24, 48):  # an exact 2x / 4x stretch keeps every built tap at its scaled place
+        r = length // 12
+        torch.testing.assert_close(k(length).detach()[:, (length - 1) % r::r], built / r, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(k(600).detach().sum(-1), built.sum(-1), rtol=2e-3, atol=0)  # fine sampling: same sum
+
+
+@pytest.mark.parametrize('l_max,length', [(12, 3), (12, 5), (56, 14), (56, 40), (7, 6), (12, 24), (12, 36), (10, 17)])
+def test_stretch_shares_out_every_built_tap_with_weight_one(l_max, length):
+    s = resize_module.stretch_matrix(l_max, length)  # (2 l_max - 1, 2 length - 1)
+    r = l_max / length
+    offsets = torch.arange(-(l_max - 1), l_max, dtype=torch.float64)
+    reach = offsets.abs() <= (length - 1) * r  # built taps between the new kernel's outermost taps
+    tol = 1e-12 if r >= 1 or (1 / r).is_integer() else 0.25 * r  # growing by a non-integer factor: about 1
+    torch.testing.assert_close(s.sum(1)[reach], torch.ones(int(reach.sum()), dtype=torch.float64), rtol=0, atol=tol)
+    assert torch.all(s >= 0)
+
+
+def test_stretched_basis_is_cached_per_length_and_rebuilt_on_casts(monkeypatch):
+    calls = []
+    real = resize_module.stretch_matrix
+    monkeypatch.setattr('sgconvnext.kernel.stretch_matrix', lambda *a, **kw: calls.append(a[:2]) or real(*a, **kw))
+    k = SGKernel1d(3, 10, 4, resize='stretch')
+    for _ in range(3):
+        k(20), k(7), k(10)
+    assert calls == [(10, 20), (10, 7)]  # once per length; the built length needs none
+    k.double()
+    assert k(20).dtype == torch.float64 and calls[-1] == (10, 20)
+    assert k.stretched_basis(20).dtype == torch.float64
+
+
+def test_fixed_and_stretch_agree_at_the_built_length():
+    torch.manual_seed(0)
+    a = SGKernel1d(3, 9, 4, resize='fixed')
+    b = SGKernel1d(3, 9, 4, resize='stretch')
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a(9), b(9)) and not torch.allclose(a(18), b(18))
+
+
+@pytest.mark.parametrize('value,error', [('nope', ValueError), (3, TypeError), (None, TypeError), ('Fixed', ValueError)])
+def test_unknown_resize_policy_names_the_choices(value, error):
+    with pytest.raises(error, match=r"\('fixed', 'stretch'\)"):
+        SGKernel1d(2, 8, resize=value)
+
+
+@pytest.mark.parametrize('decay', [0.5, 0.3, 1 / 3, 1.0])
+def test_geometry_round_trips_exactly(decay):
+    assert unpack_geometry(pack_geometry(56, 8, decay)) == (56, 8, decay)
+    k = SGKernel1d(2, 17, 4, decay=decay).half().double()  # dtype casts must not touch the geometry
+    assert unpack_geometry(k.state_dict()['geometry']) == (17, 4, decay)
+
+
+@pytest.mark.parametrize('resize', ['fixed', 'stretch'])
+@pytest.mark.parametrize('saved,built', [((14, 8, 0.5), (24, 8, 0.5)), ((60, 8, 0.5), (56, 8, 0.5)),
+                                         ((10, 4, 0.3), (10, 8, 0.5))])
+def test_loading_another_geometry_takes_it_and_keeps_the_function(saved, built, resize):
+    torch.manual_seed(0)
+    source = SGKernel1d(5, saved[0], saved[1], decay=saved[2], resize=resize).double()
+    target = SGKernel1d(5, built[0], built[1], decay=built[2], resize=resize).double()
+    param = target.weight
+    target.load_state_dict(source.state_dict())
+    assert (target.l_max, target.kernel_dim, target.decay) == saved and target.weight is param  # same Parameter
+    assert target.geometry_change == (built, saved)
+    for length in (1, 6, saved[0], built[0], 50):
+        torch.testing.assert_close(target(length), source(length), rtol=0, atol=0)
+
+
+def test_a_state_dict_without_geometry_is_refused():
+    state = SGKernel1d(3, 10).state_dict()
+    del state['geometry']
+    with pytest.raises(ValueError, match='geometry is missing.*add_kernel_geometry'):
+        SGKernel1d(3, 10).load_state_dict(state)
+
+
+@pytest.mark.parametrize('geometry', [torch.tensor([10, 8]), torch.tensor([10., 8., 0.5]), pack_geometry(10, 8, 0.5)[:2],
+                                      torch.tensor([0, 8, pack_geometry(1, 1, 0.5)[2].item()])])
+def test_a_bad_geometry_entry_is_refused(geometry):
+    state = SGKernel1d(3, 10).state_dict()
+    state['geometry'] = geometry
+    with pytest.raises(ValueError, match='geometry'):
+        SGKernel1d(3, 10).load_state_dict(state)

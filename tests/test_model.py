@@ -233,10 +233,72 @@ def test_warm_start_from_a_different_size_fails_loudly(tmp_path):
         timm.create_model('sgconvnext_atto', depths=(2, 2, 4, 2), pretrained=True, pretrained_cfg_overlay=dict(file=path))
 
 
-def test_checkpoint_for_another_img_size_says_so(tmp_path):
-    state = timm.create_model('sgconvnext_atto', img_size=64).state_dict()
-    with pytest.raises(ValueError, match='another img_size'):
-        timm.create_model('sgconvnext_atto', img_size=256, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state))
+@pytest.mark.parametrize('resize', ['stretch', 'fixed'])
+@pytest.mark.parametrize('saved,built', [(224, 384), (240, 224), (224, 160), ((96, 64), (64, 96))])
+def test_checkpoint_for_another_img_size_keeps_its_function(saved, built, resize, caplog):
+    torch.manual_seed(0)
+    source = timm.create_model('sgconvnext_atto', img_size=saved, sg_resize=resize).eval()
+    state = source.state_dict()
+    with caplog.at_level(logging.INFO, logger='sgconvnext'):
+        model = timm.create_model('sgconvnext_atto', img_size=built, sg_resize=resize, pretrained=True,
+                                  pretrained_cfg_overlay=dict(state_dict=state)).eval()
+    assert [s.blocks[0].conv_dw.l_max for s in model.stages] == [s.blocks[0].conv_dw.l_max for s in source.stages]
+    assert 'took the checkpoint\'s geometry' in caplog.text and f'{resize} policy' in caplog.text
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    for size in {saved, built, (100, 72)}:
+        x = torch.randn(1, 3, *timm.layers.to_2tuple(size))
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+
+
+def test_geometry_entries_are_in_the_state_dict_and_survive_casts(tmp_path):
+    model = timm.create_model('sgconvnext_atto', img_size=96)
+    state = model.half().state_dict()
+    geometry = {k: sgconvnext.kernel.unpack_geometry(v) for k, v in state.items() if k.endswith('.geometry')}
+    assert len(geometry) == 2 * 12
+    assert geometry['stages.0.blocks.0.conv_dw.kernel_h.geometry'] == (24, 8, 0.5)
+    assert geometry['stages.3.blocks.1.conv_dw.kernel_w.geometry'] == (3, 8, 0.5)
+    path = save_checkpoint(state, str(tmp_path / 'm.safetensors'))  # int64 entries go through safetensors too
+    loaded = timm.create_model('sgconvnext_atto', img_size=224, pretrained=True, pretrained_cfg_overlay=dict(file=path))
+    assert loaded.stages[0].blocks[0].conv_dw.l_max == (24, 24)
+
+
+def test_load_state_dict_after_the_optimizer_keeps_the_parameters():
+    # e.g. train_imagenet.py --resume: the optimizer exists before the weights are loaded
+    source = timm.create_model('sgconvnext_atto', img_size=64)
+    model = timm.create_model('sgconvnext_atto', img_size=128)
+    optimizer = create_optimizer_v2(model, 'adamw', lr=1e-3)
+    model.load_state_dict(source.state_dict())
+    params = {id(p) for group in optimizer.param_groups for p in group['params']}
+    assert params == {id(p) for p in model.parameters()}
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    optimizer.step()  # the resized kernels step like any parameter
+
+
+def test_old_checkpoint_without_geometry_is_refused_and_can_be_upgraded():
+    torch.manual_seed(0)
+    source = timm.create_model('sgconvnext_atto', img_size=(240, 200), sg_decay=0.3).eval()
+    old = {k: v for k, v in source.state_dict().items() if not k.endswith('.geometry')}
+    for build in (dict(img_size=(240, 200)), dict(img_size=224)):
+        with pytest.raises(ValueError, match='geometry is missing.*add_kernel_geometry'):
+            timm.create_model('sgconvnext_atto', sg_decay=0.3, pretrained=True, pretrained_cfg_overlay=dict(state_dict=old),
+                              **build)
+        with pytest.raises(ValueError, match='geometry is missing'):
+            timm.create_model('sgconvnext_atto', sg_decay=0.3, **build).load_state_dict(old)
+    upgraded = sgconvnext.add_kernel_geometry(old, img_size=(240, 200), decay=0.3)
+    assert upgraded.keys() == source.state_dict().keys()
+    model = timm.create_model('sgconvnext_atto', pretrained=True, pretrained_cfg_overlay=dict(state_dict=upgraded)).eval()
+    x = torch.randn(1, 3, 160, 160)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+
+
+def test_unknown_resize_policy_is_refused():
+    with pytest.raises(ValueError, match="'fixed', 'stretch'"):
+        timm.create_model('sgconvnext_atto', sg_resize='nope')
+    with pytest.raises(TypeError, match="'fixed', 'stretch'"):
+        timm.create_model('sgconvnext_atto', sg_resize=3)
 
 
 def test_partial_sgconvnext_checkpoint_is_refused():

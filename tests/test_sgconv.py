@@ -1,6 +1,7 @@
-"""SGConv2d against the direct float64 convolution: values, gradients, precision, layouts, bad input."""
+"""SGConv2d against the direct float64 convolution: values, gradients, precision, layouts, size policies, bad input."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from reference import direct_conv, reference_sgconv
 from sgconvnext import SGConv2d
@@ -8,13 +9,14 @@ from sgconvnext import toeplitz
 from sgconvnext.sgconv import choose_backend, fast_fft_length
 
 BACKENDS = ('fft', 'matmul', 'direct', 'auto')
+RESIZE = ('fixed', 'stretch')
 # (H, W, l_max): 1x1, odd, square at l_max, non-square, larger than l_max, an (H, W) l_max pair.
 SHAPES = [(1, 1, 8), (5, 7, 6), (16, 16, 16), (9, 20, 12), (30, 12, 8), (13, 11, (7, 20)), (2, 33, 33)]
 
 
-def make_layer(l_max, dtype=torch.float64, channels=3, backend='auto', seed=0):
+def make_layer(l_max, dtype=torch.float64, channels=3, backend='auto', seed=0, resize='stretch'):
     torch.manual_seed(seed)
-    layer = SGConv2d(channels, l_max, kernel_dim=4, backend=backend).to(dtype)
+    layer = SGConv2d(channels, l_max, kernel_dim=4, backend=backend, resize=resize).to(dtype)
     with torch.no_grad():
         layer.bias.normal_()
     return layer
@@ -30,10 +32,11 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+@pytest.mark.parametrize('resize', RESIZE)
 @pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('h,w,l_max', SHAPES)
-def test_float64_values_and_gradients_match_direct_conv(backend, h, w, l_max):
-    layer = make_layer(l_max, backend=backend)
+def test_float64_values_and_gradients_match_direct_conv(backend, h, w, l_max, resize):
+    layer = make_layer(l_max, backend=backend, resize=resize)
     x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
     params = list(layer.parameters())
     out, ref = layer(x), reference_sgconv(layer, x)
@@ -43,11 +46,12 @@ def test_float64_values_and_gradients_match_direct_conv(backend, h, w, l_max):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize('resize', RESIZE)
 @pytest.mark.parametrize('backend', BACKENDS)
 @pytest.mark.parametrize('h,w,l_max', SHAPES)
-def test_float32_matches_float64_reference(backend, h, w, l_max):
-    layer = make_layer(l_max, backend=backend)
-    layer32 = make_layer(l_max, dtype=torch.float32, backend=backend)
+def test_float32_matches_float64_reference(backend, h, w, l_max, resize):
+    layer = make_layer(l_max, backend=backend, resize=resize)
+    layer32 = make_layer(l_max, dtype=torch.float32, backend=backend, resize=resize)
     layer32.load_state_dict(layer.state_dict())
     x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
     x32 = x.detach().float().requires_grad_()
@@ -58,73 +62,55 @@ def test_float32_matches_float64_reference(backend, h, w, l_max):
         assert rel_err(g.double(), g_ref) < 1e-5
 
 
-def test_materialize_is_what_the_layer_applies():
-    layer = make_layer((9, 14), channels=4)
-    x = torch.randn(3, 4, 11, 6, dtype=torch.float64)
-    kernel = layer.materialize(11, 6)
-    assert kernel.shape == (4, 21, 11)
-    torch.testing.assert_close(layer(x), direct_conv(x, kernel, layer.bias), rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize('resize', RESIZE)
+def test_materialize_is_what_the_layer_applies(resize):
+    layer = make_layer((9, 14), channels=4, resize=resize)
+    for h, w in ((11, 6), (9, 14), (30, 3)):
+        x = torch.randn(3, 4, h, w, dtype=torch.float64)
+        kernel = layer.materialize(h, w)
+        assert kernel.shape == (4, 2 * h - 1, 2 * w - 1)
+        torch.testing.assert_close(layer(x), direct_conv(x, kernel, layer.bias), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize('backend', ('fft', 'matmul', 'direct'))
-def test_impulse_response_is_the_kernel_window_not_circular(backend):
-    layer = make_layer(16, channels=1, backend=backend)
-    h, w, row = 8, 6, 3
-    x = torch.zeros(1, 1, h, w, dtype=torch.float64)
-    x[0, 0, row, 0] = 1.0  # an impulse on the left edge
-    kernel = layer.materialize(h, w)[0]  # centre at (h-1, w-1)
-    y = (layer(x) - layer.bias.view(1, -1, 1, 1))[0, 0]
-    # Linear convolution: y[i, j] = K[i - row, j - 0]. A circular one would also add K[., j - w] terms.
-    expected = kernel[h - 1 - row:2 * h - 1 - row, w - 1:2 * w - 1]
-    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+def _smooth_image(size: int, channels: int = 3) -> torch.Tensor:
+    """(1, C, size, size) samples at the pixel centres of a fixed smooth function of the relative position."""
+    u = (torch.arange(size, dtype=torch.float64) + 0.5) / size
+    y, x = torch.meshgrid(u, u, indexing='ij')
+    images = [torch.sin(2.1 * x + 1.3 * y + c) + 0.5 * torch.cos(3.0 * x * y - c) for c in range(channels)]
+    return torch.stack(images).unsqueeze(0)
 
 
-@pytest.mark.parametrize('backend', ('fft', 'matmul', 'direct'))
-def test_gradcheck(backend):
-    layer = make_layer(5, channels=2, backend=backend)
-    x = torch.randn(1, 2, 4, 3, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda inp, *ps: layer(inp), (x, *layer.parameters()))
+@pytest.mark.parametrize('scale', (2, 3))
+def test_stretch_a_smooth_image_resampled_gives_the_resampled_output(scale):
+    # Under "stretch" the layer is a function of relative position: the same smooth picture sampled s times finer
+    # (coarser) gives about the same output, sampled s times finer (coarser). Relative errors measured at init
+    # (kernel_dim 4, bias 0, seeds 0-4), growing 16 -> 16s: stretch 0.0016-0.0037 (s=2), 0.020-0.035 (s=3),
+    # fixed 0.38-1.12; shrinking 16s -> 16: stretch 0.001-0.006, fixed 0.38-1.07 (and 0.58-5.8 for a stretch
+    # that point-samples instead of low-passing, which aliases). The bounds sit between.
+    n = 16
+    for seed in range(3):
+        errors = {}
+        for resize in RESIZE:
+            grow, shrink = make_layer(n, resize=resize, seed=seed), make_layer(scale * n, resize=resize, seed=seed)
+            with torch.no_grad():
+                grow.bias.zero_(), shrink.bias.zero_()
+                coarse, fine = grow(_smooth_image(n)), grow(_smooth_image(scale * n))
+                upsampled = F.interpolate(coarse, scale_factor=scale, mode='bilinear', align_corners=False)
+                inner = slice(scale, -scale)  # bilinear upsampling extrapolates at the border pixels
+                errors[resize, 'grow'] = rel_err(fine[..., inner, inner], upsampled[..., inner, inner])
+                coarse, fine = shrink(_smooth_image(n)), shrink(_smooth_image(scale * n))
+                errors[resize, 'shrink'] = rel_err(coarse[..., 1:-1, 1:-1], F.avg_pool2d(fine, scale)[..., 1:-1, 1:-1])
+        assert max(errors['stretch', 'grow'], errors['stretch', 'shrink']) < 0.05, errors
+        assert min(errors['fixed', 'grow'], errors['fixed', 'shrink']) > 0.3, errors  # the check can tell
 
 
-@pytest.mark.parametrize('backend', BACKENDS)
-def test_every_parameter_gets_a_gradient(backend):
-    layer = make_layer(12, dtype=torch.float32, backend=backend)
-    layer(torch.randn(2, 3, 6, 9)).square().sum().backward()
-    for name, p in layer.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
-
-
-def test_no_weight_decay_names_kernel_parameters():
-    layer = SGConv2d(4, 8)
-    names = dict(layer.named_parameters())
-    assert layer.no_weight_decay() <= set(names)
-    assert {n for n, p in names.items() if p.ndim > 1} <= layer.no_weight_decay()
-
-
-@pytest.mark.parametrize('backend', BACKENDS)
-@pytest.mark.parametrize('amp_dtype', (torch.bfloat16, torch.float16))
-def test_autocast_cpu(backend, amp_dtype):
-    layer = make_layer(14, dtype=torch.float32, channels=8, backend=backend)
-    x = torch.randn(2, 8, 14, 10, requires_grad=True)
-    with torch.autocast('cpu', dtype=amp_dtype):
-        out = layer(x)
-    out.float().square().sum().backward()
-    assert out.shape == x.shape and torch.isfinite(out).all()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
-    reference = layer(x).double()
-    if layer.resolve_backend(14, 10, x.device) == 'fft':
-        # the FFT runs in float32 with autocast off inside: full float32 accuracy, not bf16/fp16's
-        assert out.dtype == torch.float32 and rel_err(out.double(), reference) < 1e-5
-    else:
-        assert out.dtype == amp_dtype and rel_err(out.double(), reference) < 2e-2
-
-
+@pytest.mark.parametrize('resize', RESIZE)
 @pytest.mark.parametrize('channels_last', (True, False))
 @pytest.mark.parametrize('h,w,l_max', SHAPES)
-def test_matmul_image_by_image_matches_direct_conv(monkeypatch, channels_last, h, w, l_max):
+def test_matmul_image_by_image_matches_direct_conv(monkeypatch, channels_last, h, w, l_max, resize):
     # The image-by-image path normally starts at 2048 pixels; lower the bar so small maps take it too.
     monkeypatch.setattr(toeplitz, 'PER_IMAGE_MIN_PIXELS', 1)
-    layer = make_layer(l_max, backend='matmul')
+    layer = make_layer(l_max, backend='matmul', resize=resize)
     x = torch.randn(3, 3, h, w, dtype=torch.float64)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -238,10 +224,25 @@ def test_bad_input(x, error, match):
     (dict(dim=3, l_max=(8, 8, 8)), ValueError, 'l_max'),
     (dict(dim=3, l_max=7.5), TypeError, 'l_max'),
     (dict(dim=3, l_max=8, kernel_dim=0), ValueError, 'kernel_dim'),
+    (dict(dim=3, l_max=8, resize='nope'), ValueError, "'fixed', 'stretch'"),
+    (dict(dim=3, l_max=8, resize=3), TypeError, "'fixed', 'stretch'"),
 ])
 def test_bad_construction(kwargs, error, match):
     with pytest.raises(error, match=match):
         SGConv2d(**kwargs)
+
+
+def test_resize_policy_can_be_switched_and_is_checked():
+    layer = make_layer(8)
+    x = torch.randn(1, 3, 20, 20, dtype=torch.float64)
+    stretched = layer(x)
+    layer.resize = 'fixed'
+    assert (layer.kernel_h.resize, layer.kernel_w.resize) == ('fixed', 'fixed')
+    torch.testing.assert_close(layer(x), reference_sgconv(layer, x), rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(layer(x), stretched)
+    with pytest.raises(ValueError, match="'fixed', 'stretch'"):
+        layer.resize = 'nope'
+    assert layer.resize == 'fixed'
 
 
 def test_bad_materialize_size():

@@ -4,13 +4,16 @@
     python tools/benchmark.py                     # sgconvnext_tiny vs convnext_tiny: FLOPs + inference
     python tools/benchmark.py --models sgconvnext_atto convnext_atto --bench all --batch-size 8
     python tools/benchmark.py --img-size 224 384 512 1024 --bench flops          # resolution sweep
+    python tools/benchmark.py --img-size 224 1024 --build-size 224 --bench all   # a 224 px model run at 1024 px
     python tools/benchmark.py --models sgconvnext_atto convnext_atto --models sgconvnext_nano convnext_nano
     python tools/benchmark.py --device cuda --amp bf16 --channels-last --compile --bench all --json rows.json
     python tools/benchmark.py --models sgconvnext_tiny --model-kwargs sg_backend=fft --bench flops  # another backend
     python tools/benchmark.py --bench all --threads 1 --write docs/BENCHMARKS.md --section my-run   # record a table
 
 Any timm model name works (importing sgconvnext registers the sgconvnext_* family). Models that take
-``img_size`` (SGConvNeXt, ViTs) are built for each --img-size; the others are built once per size as is.
+``img_size`` (SGConvNeXt, ViTs) are built for each --img-size, or for --build-size and then run at each
+--img-size as a checkpoint trained at that size is (SGConvNeXt kernels then meet other map sizes by their
+``sg_resize`` policy; the backend table says which); the others are built once per size as is.
 
 * GMACs: fvcore multiply-adds per image at batch 1, with sgconvnext.flops' handles (FFTs and complex
   products counted, see that module). "GMACs" is the inference forward (eval, no grad); "GMACs train"
@@ -77,6 +80,8 @@ def parse_args(argv=None):
                         '(default: sgconvnext_tiny convnext_tiny)')
     p.add_argument('--img-size', nargs='+', type=_img_size, default=[224], metavar='N',
                    help='square input sizes; several make a resolution sweep (default: 224)')
+    p.add_argument('--build-size', type=_img_size, default=None, metavar='N',
+                   help='build the models for N px and run them at every --img-size (default: built for each)')
     p.add_argument('--model-kwargs', nargs='+', type=_kwarg, default=[], metavar='KEY=VALUE',
                    help='extra timm.create_model kwargs for every model (e.g. sg_backend=fft drop_path_rate=0.1)')
     p.add_argument('--batch-size', type=int, default=None, help='batch size for timing (default: 8 on cpu, 64 on cuda)')
@@ -144,7 +149,8 @@ def example_input(model, batch_size: int, img_size: int, device: torch.device) -
 
 
 def auto_backends(model, x: torch.Tensor):
-    """Per stage of SGConv2d layers: map size and the backend "auto" runs for inference and training.
+    """Per stage of SGConv2d layers: map size, the size the kernels were built for, the size policy (how they meet
+    another size) and the backend "auto" runs for inference and training.
 
     Map sizes and input layouts come from one forward pass (batch 1, no grad) with pre-hooks on the layers.
     Returns [] for models without SGConv2d.
@@ -171,7 +177,8 @@ def auto_backends(model, x: torch.Tensor):
     for name, layer in layers:
         h, w, channels_last = sizes[name]
         stage = name.split('.')[1] if name.startswith('stages.') else name.rsplit('.', 1)[0]
-        entry = stages.setdefault(stage, {'stage': stage, 'map': [h, w], 'infer': set(), 'train': set()})
+        entry = stages.setdefault(stage, {'stage': stage, 'map': [h, w], 'built': list(layer.l_max),
+                                          'resize': layer.resize, 'infer': set(), 'train': set()})
         entry['infer'].add(layer.resolve_backend(h, w, x.device, needs_grad=False, channels_last=channels_last))
         entry['train'].add(layer.resolve_backend(h, w, x.device, needs_grad=True, channels_last=channels_last))
     return [dict(e, infer='/'.join(sorted(e['infer'])), train='/'.join(sorted(e['train']))) for e in stages.values()]
@@ -252,7 +259,7 @@ def run_group(args, group: list, index: int, img_size: int, device: torch.device
     for name in group:
         log(f'[{img_size}px] {name}: building')
         try:
-            model = create_model(name, img_size, device, **args.model_kwargs)
+            model = create_model(name, args.build_size or img_size, device, **args.model_kwargs)
             x = example_input(model, args.batch_size, img_size, device)
             backends = auto_backends(model, x)
             if not backends:
@@ -260,7 +267,8 @@ def run_group(args, group: list, index: int, img_size: int, device: torch.device
                     model.eval()(x[:1])  # a clear error now if the model cannot take this size
         except Exception as e:  # noqa: BLE001 -- one line naming the model and size, not a traceback
             raise SystemExit(f'benchmark.py: error: {name} at --img-size {img_size}: {type(e).__name__}: {e}')
-        row = {'model': name, 'model_kwargs': args.model_kwargs, 'group': index, 'img_size': img_size, 'batch_size': args.batch_size,
+        row = {'model': name, 'model_kwargs': args.model_kwargs, 'group': index, 'img_size': img_size,
+               'build_size': args.build_size or img_size, 'batch_size': args.batch_size,
                'device': str(device), 'amp': args.amp, 'channels_last': args.channels_last, 'compile': args.compile,
                'params': sum(p.numel() for p in model.parameters()), 'auto_backends': backends}
         row['params_m'] = row['params'] / 1e6
@@ -335,10 +343,15 @@ def format_backends(rows: list) -> list:
     if not rows:
         return []
     n = max(len(r['auto_backends']) for r in rows)
-    lines = ['| img | model | ' + ' | '.join(f'stage {i}: map, infer / train' for i in range(n)) + ' |',
+    lines = ['| img | model | ' + ' | '.join(f'stage {i}: map (kernels built for, policy), infer / train'
+                                             for i in range(n)) + ' |',
              '|---|---|' + '---|' * n]
+
+    def kernel(s):
+        return '' if s['built'] == s['map'] else f" ({s['built'][0]}x{s['built'][1]}, {s['resize']})"
+
     for r in rows:
-        cells = [f"{s['map'][0]}x{s['map'][1]}: {s['infer']} / {s['train']}" for s in r['auto_backends']]
+        cells = [f"{s['map'][0]}x{s['map'][1]}{kernel(s)}: {s['infer']} / {s['train']}" for s in r['auto_backends']]
         lines.append(f"| {r['img_size']} | {r['model']} | " + ' | '.join(cells + [''] * (n - len(cells))) + ' |')
     return lines
 
@@ -358,6 +371,8 @@ def make_report(rows: list, args, device: torch.device, load: tuple) -> str:
         f'- date: {datetime.date.today().isoformat()}, commit {git_revision()}',
         f'- machine: {describe_machine(device)}',
         f'- command: `{command_line()}`',
+        *([f'- models built for {args.build_size} px, run at each size (SGConvNeXt kernels: see the backend table)']
+          if args.build_size else []),
         '- GMACs per image at batch 1, fvcore with FFTs and complex products counted (`sgconvnext.flops`); '
         '"GMACs" is the inference forward, "GMACs train" the forward as run in training (they differ where '
         "SGConv2d's auto backend picks differently); mixer = the blocks' `conv_dw`",
@@ -375,7 +390,8 @@ def make_report(rows: list, args, device: torch.device, load: tuple) -> str:
               + 'at the same image size', '', *format_table(rows, args.bench)]
     backends = format_backends(rows)
     if backends:
-        lines += ['', 'SGConv2d `auto` backend per stage (inference / training):', '', *backends]
+        lines += ['', 'SGConv2d per stage: map size (where the kernels were built for another size: that size and the '
+                  'size policy), `auto` backend for inference / training:', '', *backends]
     return '\n'.join(lines)
 
 

@@ -4,15 +4,20 @@
     python tools/plot_kernels.py                          # sgconvnext_tiny at init -> kernels_sgconvnext_tiny.png
     python tools/plot_kernels.py --model sgconvnext_tiny --checkpoint output/train/model_best.pth.tar --out k.png
     python tools/plot_kernels.py --model convnext_tiny              # ConvNeXt's 7x7 kernels, for comparison
+    python tools/plot_kernels.py --sizes 224 448 --stage 1 --resize fixed   # one layer at two input sizes
 
 Row i shows block --block of stage i: the first --channels channels' kernels. For SGConv2d that is the centred
-kernel ``K[c] = kh[c] (outer) kw[c]`` at the map size the layer was built for (--img-size / reduction), taps
-from -(H-1) to H-1; for a depthwise nn.Conv2d, its weights. Colour: red positive, blue negative, white zero,
-intensity ``|k / max|**gamma`` per kernel (gamma < 1 lifts the small far taps into view).
+kernel ``K[c] = kh[c] (outer) kw[c]`` at the map size the layer was built for (--img-size / reduction, or the
+checkpoint's geometry), taps from -(H-1) to H-1; for a depthwise nn.Conv2d, its weights. Colour: red positive,
+blue negative, white zero, intensity ``|k / max|**gamma`` per kernel (gamma < 1 lifts the small far taps into view).
+With --sizes, row i instead shows block --block of stage --stage as applied at input size i (``materialize`` at
+that stage's map size under the --resize policy); every tile spans its whole map, so "stretch" draws the same
+picture at every size and "fixed" draws the built kernel shrinking into the middle of a larger map.
 
-Below: the decay profile along the W axis of one stage (--profile-stage): ``|K[c, centre, offset]|`` divided by
-each channel's largest value, averaged over all channels of the layer, on a log scale; dotted lines mark
-where SGConv's sub-kernels start (scales d, d, 2d, 4d, ... each weighted ``decay**i``).
+Below: the decay profile along the W axis of one stage (--profile-stage; with --sizes, of each size, over the
+relative offset): ``|K[c, centre, offset]|`` divided by each channel's largest value, averaged over all channels
+of the layer, on a log scale; dotted lines mark where SGConv's sub-kernels start (scales d, d, 2d, 4d, ... each
+weighted ``decay**i``).
 
 Image size (px): width = max(MIN_WIDTH, LABEL_WIDTH + channels * (cell + GAP) + MARGIN),
 height = TITLE_HEIGHT + stages * (cell + GAP) + PROFILE_HEIGHT + MARGIN.
@@ -30,6 +35,7 @@ from bench_utils import create_model_for_size  # noqa: E402
 import timm  # noqa: E402
 import sgconvnext  # noqa: E402,F401  (registers the sgconvnext_* models)
 from sgconvnext import SGConv2d  # noqa: E402
+from sgconvnext.resize import DEFAULT_RESIZE, RESIZE_POLICIES  # noqa: E402
 from sgconvnext.atomic import atomic_open  # noqa: E402
 
 MARGIN, GAP, LABEL_WIDTH, TITLE_HEIGHT, PROFILE_HEIGHT, MIN_WIDTH = 8, 4, 112, 28, 200, 480
@@ -61,6 +67,11 @@ def parse_args(argv=None):
     p.add_argument('--cell', type=_positive, default=96, help='pixels per kernel picture (default: 96)')
     p.add_argument('--gamma', type=float, default=0.5, help='colour intensity |k/max|**gamma (default: 0.5)')
     p.add_argument('--profile-stage', type=int, default=0, help='stage whose decay profile is drawn (default: 0)')
+    p.add_argument('--sizes', type=_positive, nargs='+', default=None, metavar='N',
+                   help='draw one layer (--stage, --block) as applied at these input sizes, a row each')
+    p.add_argument('--stage', type=int, default=0, help='the stage drawn with --sizes (default: 0)')
+    p.add_argument('--resize', choices=RESIZE_POLICIES, default=None,
+                   help=f'sgconvnext size policy (sg_resize; default: the model\'s, {DEFAULT_RESIZE})')
     p.add_argument('--seed', type=int, default=0, help='seed of a fresh init (default: 0)')
     p.add_argument('--out', help='PNG path (default: kernels_MODEL.png)')
     args = p.parse_args(argv)
@@ -72,9 +83,9 @@ def parse_args(argv=None):
     return args
 
 
-def build_model(name: str, img_size: int, checkpoint=None, use_ema=True, seed=0) -> nn.Module:
+def build_model(name: str, img_size: int, checkpoint=None, use_ema=True, seed=0, resize=None) -> nn.Module:
     torch.manual_seed(seed)
-    model = create_model_for_size(name, img_size)
+    model = create_model_for_size(name, img_size, **({} if resize is None else dict(sg_resize=resize)))
     if checkpoint:
         timm.models.load_checkpoint(model, checkpoint, use_ema=use_ema)
     return model.eval()
@@ -106,6 +117,24 @@ def stage_kernels(model: nn.Module, block: int = 0):
     return out
 
 
+def size_kernels(model: nn.Module, sizes, stage: int = 0, block: int = 0):
+    """[(label, kernels (C, kh, kw) float64, mixer)]: block ``block`` of ``stage`` as applied at each input size."""
+    rows = stage_kernels(model, block)
+    if not -len(rows) <= stage < len(rows):
+        raise ValueError(f'--stage {stage}: the model has {len(rows)} stages')
+    _, built, mixer = rows[stage]
+    if not isinstance(mixer, SGConv2d):  # a fixed conv applies the same kernel at every size
+        return [([f'input {size}', 'same kernel'], built, mixer) for size in sizes]
+    reduction = model.feature_info[stage]['reduction']
+    out = []
+    for size in sizes:
+        h = w = max(1, size // reduction)
+        with torch.no_grad():
+            kernels = mixer.materialize(h, w).double()
+        out.append(([f'input {size}', f'{h}x{w} map', f'{2 * h - 1}x{2 * w - 1} taps'], kernels, mixer))
+    return out
+
+
 def colour(kernel: torch.Tensor, gamma: float) -> np.ndarray:
     """(kh, kw) -> (kh, kw, 3) uint8: white at 0, red / blue at +/- max, intensity |k/max|**gamma."""
     scale = kernel.abs().max().clamp_min(1e-30)
@@ -121,15 +150,21 @@ def decay_profile(kernels: torch.Tensor) -> np.ndarray:
     return (row / row.max(dim=-1, keepdim=True).values.clamp_min(1e-30)).mean(0).numpy()
 
 
-def draw_profile(draw: ImageDraw.ImageDraw, box, profile: np.ndarray, bounds, title: str, font) -> None:
+PROFILE_COLOURS = [tuple(POSITIVE.tolist()), tuple(NEGATIVE.tolist()), (40, 140, 40), (140, 80, 20)]
+
+
+def draw_profile(draw: ImageDraw.ImageDraw, box, profiles, bounds, title: str, font) -> None:
+    """Log-scale profiles [(values, legend)], each over its own offsets spread on the same width.
+
+    One profile: x ticks are its offsets and dotted lines mark ``bounds`` (sub-kernel starts). Several (one
+    layer at several map sizes): x is the offset relative to the map, -1 .. 1, and each line is labelled.
+    """
     left, top, right, bottom = box
     draw.text((left, top), title, fill='black', font=font)
     x0, x1, y0, y1 = left + 48, right - 8, top + 18, bottom - 22
     draw.rectangle((x0, y0, x1, y1), outline='black')
-    n = len(profile)
-    centre = (n - 1) // 2
 
-    def px(i):
+    def px(i, n):
         return x0 + (x1 - x0) * (i / max(1, n - 1))
 
     def py(v):
@@ -140,24 +175,34 @@ def draw_profile(draw: ImageDraw.ImageDraw, box, profile: np.ndarray, bounds, ti
         y = py(10.0 ** exp)
         draw.line((x0 - 4, y, x0, y), fill='black')
         draw.text((left, y - 6), f'1e{exp}' if exp else '1', fill='black', font=font)
-    for start, _ in bounds[1:]:  # sub-kernel starts, both sides
-        for i in (centre + start, centre - start):
-            if 0 <= i < n:
-                for y in range(int(y0), int(y1), 6):
-                    draw.line((px(i), y, px(i), y + 2), fill=(120, 120, 120))
-    for i, label in ((0, f'{-centre}'), (centre, '0'), (n - 1, f'{n - 1 - centre}')):
-        draw.line((px(i), y1, px(i), y1 + 4), fill='black')
-        draw.text((px(i) - 6, y1 + 6), label, fill='black', font=font)
-    draw.text(((x0 + x1) / 2 - 40, y1 + 6), 'offset (W axis)', fill='black', font=font)
-    points = [(px(i), py(float(v))) for i, v in enumerate(profile)]
-    if len(points) > 1:
-        draw.line(points, fill=tuple(POSITIVE.tolist()), width=2)
+    n = len(profiles[0][0])
+    centre = (n - 1) // 2
+    if len(profiles) == 1:
+        for start, _ in bounds[1:]:  # sub-kernel starts, both sides
+            for i in (centre + start, centre - start):
+                if 0 <= i < n:
+                    for y in range(int(y0), int(y1), 6):
+                        draw.line((px(i, n), y, px(i, n), y + 2), fill=(120, 120, 120))
+        ticks, axis = ((0, f'{-centre}'), (centre, '0'), (n - 1, f'{n - 1 - centre}')), 'offset (W axis)'
+    else:
+        ticks, axis = ((0, '-1'), (centre, '0'), (n - 1, '1')), 'offset / map width (W axis)'
+    for i, label in ticks:
+        draw.line((px(i, n), y1, px(i, n), y1 + 4), fill='black')
+        draw.text((px(i, n) - 6, y1 + 6), label, fill='black', font=font)
+    draw.text(((x0 + x1) / 2 + 16, y1 + 6), axis, fill='black', font=font)
+    for k, (values, legend) in enumerate(profiles):
+        fill = PROFILE_COLOURS[k % len(PROFILE_COLOURS)]
+        points = [(px(i, len(values)), py(float(v))) for i, v in enumerate(values)]
+        if len(points) > 1:
+            draw.line(points, fill=fill, width=2)
+        if len(profiles) > 1:
+            draw.text((x1 - 110, y0 + 4 + 14 * k), legend, fill=fill, font=font)
 
 
 def render(model: nn.Module, title: str, channels: int = 8, cell: int = 96, gamma: float = 0.5, block: int = 0,
-           profile_stage: int = 0) -> Image.Image:
-    rows = stage_kernels(model, block)
-    if not -len(rows) <= profile_stage < len(rows):
+           profile_stage: int = 0, sizes=None, stage: int = 0) -> Image.Image:
+    rows = stage_kernels(model, block) if sizes is None else size_kernels(model, sizes, stage, block)
+    if sizes is None and not -len(rows) <= profile_stage < len(rows):
         raise ValueError(f'--profile-stage {profile_stage}: the model has {len(rows)} stages')
     channels = min(channels, min(k.shape[0] for _, k, _ in rows))
     width, height = canvas_size(len(rows), channels, cell)
@@ -174,26 +219,35 @@ def render(model: nn.Module, title: str, channels: int = 8, cell: int = 96, gamm
             upscale = tile.width <= cell and tile.height <= cell
             tile = tile.resize((cell, cell), Image.Resampling.NEAREST if upscale else Image.Resampling.BOX)
             image.paste(tile, (LABEL_WIDTH + c * (cell + GAP), top))
-    label, kernels, mixer = rows[profile_stage]
-    bounds = mixer.kernel_w.scale_bounds() if isinstance(mixer, SGConv2d) else [(0, 0)]
-    top = TITLE_HEIGHT + len(rows) * (cell + GAP)
-    draw_profile(draw, (MARGIN, top, width - MARGIN, height - MARGIN), decay_profile(kernels), bounds,
-                 f'{label[0]} decay profile: mean over {kernels.shape[0]} channels of |k| / max, centre row '
-                 '(dotted: sub-kernel starts)', font)
+    box = (MARGIN, TITLE_HEIGHT + len(rows) * (cell + GAP), width - MARGIN, height - MARGIN)
+    if sizes is None:
+        label, kernels, mixer = rows[profile_stage]
+        bounds = mixer.kernel_w.scale_bounds() if isinstance(mixer, SGConv2d) else [(0, 0)]
+        draw_profile(draw, box, [(decay_profile(kernels), label[0])], bounds,
+                     f'{label[0]} decay profile: mean over {kernels.shape[0]} channels of |k| / max, centre row '
+                     '(dotted: sub-kernel starts)', font)
+    else:
+        draw_profile(draw, box, [(decay_profile(kernels), label[0]) for label, kernels, _ in rows], None,
+                     f'stage {stage} decay profile at each size: mean over {rows[0][1].shape[0]} channels of '
+                     '|k| / max, centre row', font)
     return image
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        model = build_model(args.model, args.img_size, args.checkpoint, not args.no_ema, args.seed)
+        model = build_model(args.model, args.img_size, args.checkpoint, not args.no_ema, args.seed, args.resize)
     except (RuntimeError, ValueError, OSError, KeyError) as e:
         raise SystemExit(f'plot_kernels.py: error: cannot build {args.model}'
                          + (f' from {args.checkpoint}' if args.checkpoint else '') + f': {e}')
     source = os.path.basename(args.checkpoint) if args.checkpoint else f'init, seed {args.seed}'
-    title = f'{args.model} ({source}): block {args.block} of each stage, red +, blue -, |k/max|^{args.gamma:g}'
+    what = f'block {args.block} of each stage' if args.sizes is None else \
+        f'stage {args.stage} block {args.block} at sizes {", ".join(map(str, args.sizes))}'
+    policy = f', {args.resize or DEFAULT_RESIZE}' if any(isinstance(m, SGConv2d) for m in model.modules()) else ''
+    title = f'{args.model} ({source}{policy}): {what}, red +, blue -, |k/max|^{args.gamma:g}'
     try:
-        image = render(model, title, args.channels, args.cell, args.gamma, args.block, args.profile_stage)
+        image = render(model, title, args.channels, args.cell, args.gamma, args.block, args.profile_stage, args.sizes,
+                       args.stage)
     except ValueError as e:
         raise SystemExit(f'plot_kernels.py: error: {e}')
     image_format = Image.registered_extensions().get(os.path.splitext(args.out)[1].lower())
