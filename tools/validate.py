@@ -10,8 +10,9 @@ the model the checkpoint was trained as (timm: dpn92), --device to cuda when ava
 (timm: cuda), and --results-format to json (timm: csv). The model is built the way it was trained
 (the checkpoint's args: img_size, --model-kwargs, classes); the eval resolution, crop and
 interpolation default to the training ones too, and --img-size / --crop-pct / --interpolation
-override them. sgconvnext kernels keep the size they were trained for: at a larger --img-size a pixel
-sees at most that many pixels away (the far taps are zero).
+override them. sgconvnext kernels keep the geometry they were trained with and meet another --img-size by
+the model's size policy (``--model-kwargs sg_resize=stretch|fixed``; default: the training run's, else
+stretch, which resamples them to span the map; fixed keeps their pixel extent, zero past it).
 """
 import csv
 import json
@@ -26,6 +27,7 @@ from timm.models import clean_state_dict
 from timm.utils import FormatterNoInfo, ParseKwargs, random_seed
 
 import sgconvnext  # noqa: F401  (registers sgconvnext_* with timm)
+from sgconvnext import SGConv2d
 from sgconvnext.atomic import atomic_open
 from sgconvnext.training.checkpoint import load_checkpoint_file
 from sgconvnext.training.config import CLIError, OneLineErrorParser, run_cli
@@ -138,7 +140,7 @@ def main(argv=None):
     if checkpoint is not None:
         try:
             model.load_state_dict(clean_state_dict(_weights(checkpoint, args.checkpoint, args.use_ema)))
-        except RuntimeError as e:
+        except (RuntimeError, ValueError) as e:
             raise CLIError(f'{args.checkpoint} does not fit {model_name} ({" ".join(str(e).split())[:300]}); '
                            f'pass the --model / --num-classes / --model-kwargs it was trained with') from None
     param_count = sum(p.numel() for p in model.parameters())
@@ -188,6 +190,9 @@ def main(argv=None):
         interpolation=data_config['interpolation'],
         param_count=round(param_count / 1e6, 3),
     )
+    resize = {m.resize for m in model.modules() if isinstance(m, SGConv2d)}
+    if resize:
+        results['sg_resize'] = '/'.join(sorted(resize))
     _logger.info(f' * Acc@1 {results["top1"]:.3f} ({results["top1_err"]:.3f})  '
                  f'Acc@5 {results["top5"]:.3f} ({results["top5_err"]:.3f})')
     print(json.dumps(results, indent=4))

@@ -104,7 +104,7 @@ def load_training_checkpoint(path: str) -> dict:
 def _load_weights(module, state_dict, what: str, path: str) -> None:
     try:
         unwrap_model(module).load_state_dict(clean_state_dict(state_dict))
-    except RuntimeError as e:
+    except (RuntimeError, ValueError) as e:
         first = ' '.join(str(e).split())[:300]
         raise CLIError(f'{what} in {path} do not fit the model ({first}); was it trained with another --model, '
                        f'--num-classes, --img-size or --model-kwargs?') from None

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     add('--grad-accum-steps', type=int, default=1, metavar='N', help='steps to accumulate gradients (default: 1)')
     add('--grad-checkpointing', action='store_true', default=False, help='gradient checkpointing of model stages')
     add('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
-        help='extra model kwargs, key=value (sgconvnext: img_size, sg_kernel_dim, sg_decay, sg_backend)')
+        help='extra model kwargs, key=value (sgconvnext: img_size, sg_kernel_dim, sg_decay, sg_backend, sg_resize)')
     add('--head-init-scale', type=float, default=None, help='head initialization scale')
     add('--head-init-bias', type=float, default=None, help='head initialization bias value')
     add('--torchcompile', nargs='?', type=str, default=None, const='inductor',

@@ -1,0 +1,85 @@
+"""A checkpoint trained at one resolution, fine-tuned and validated at another, through the command-line tools.
+
+sgconvnext_atto trained one epoch at 32 px on a tiny generated ImageFolder, then fine-tuned at 64 px from that
+checkpoint (--pretrained-path and --initial-checkpoint) and validated at 64 and 128 px under both size policies.
+The kernels keep the 32 px geometry they were trained with all along.
+"""
+import argparse
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+from sgconvnext.kernel import unpack_geometry
+from tiny_dataset import make_image_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = ['--model', 'sgconvnext_atto', '-b', '4', '-j', '0', '--device', 'cpu', '--num-classes', '3', '--opt', 'adamw',
+        '--lr', '1e-3', '--warmup-epochs', '0', '--log-interval', '5', '--epochs', '1']
+
+
+def _load_script(path, name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_script = _load_script('train_imagenet.py', 'train_imagenet_for_resolution')
+validate_script = _load_script(os.path.join('tools', 'validate.py'), 'validate_for_resolution')
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def trained_at_32(tmp_path_factory):
+    data = make_image_folder(tmp_path_factory.mktemp('data'), size=64)
+    out = tmp_path_factory.mktemp('runs')
+    train_script.main(['--data-dir', data, *BASE, '--img-size', '32', '--output', str(out), '--experiment', 'at32'])
+    return data, out, out / 'at32' / 'last.pth.tar'
+
+
+def _stage0_geometry(path):
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        state = torch.load(path, map_location='cpu', weights_only=True)['state_dict']
+    return unpack_geometry(state['stages.0.blocks.0.conv_dw.kernel_h.geometry'])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('load_flags', [['--pretrained', '--pretrained-path'], ['--initial-checkpoint']])
+def test_fine_tune_at_twice_the_size_from_a_checkpoint(trained_at_32, load_flags, capsys):
+    data, out, checkpoint = trained_at_32
+    assert _stage0_geometry(checkpoint) == (8, 8, 0.5)  # 32 px / 4
+    name = 'ft64' + load_flags[-1].replace('-', '_')
+    train_script.main(['--data-dir', data, *BASE, '--img-size', '64', *load_flags, str(checkpoint),
+                       '--model-kwargs', 'sg_resize=stretch', '--output', str(out), '--experiment', name])
+    assert "took the checkpoint's geometry" in capsys.readouterr().err  # built for 64 px, took the 32 px kernels
+    fine_tuned = out / name / 'last.pth.tar'
+    assert _stage0_geometry(fine_tuned) == (8, 8, 0.5)
+    result = validate_script.main(['--checkpoint', str(fine_tuned), '--data-dir', data, '-b', '4', '-j', '0',
+                                   '--device', 'cpu'])
+    assert result['img_size'] == 64 and result['sg_resize'] == 'stretch' and result['num_samples'] == 9
+
+
+@pytest.mark.slow
+def test_validate_at_other_sizes_under_each_policy(trained_at_32, tmp_path):
+    data, _, checkpoint = trained_at_32
+    losses = {}
+    for resize in ('stretch', 'fixed'):
+        for size in (32, 64, 128):
+            result = validate_script.main(['--checkpoint', str(checkpoint), '--data-dir', data, '-b', '4', '-j', '0',
+                                           '--device', 'cpu', '--img-size', str(size), '--model-kwargs',
+                                           f'sg_resize={resize}', '--results-file', str(tmp_path / 'r.json')])
+            assert result['img_size'] == size and result['sg_resize'] == resize
+            assert json.loads((tmp_path / 'r.json').read_text())['loss'] == result['loss']
+            losses[resize, size] = result['loss']
+    assert losses['stretch', 32] == losses['fixed', 32]  # the built size: the policies agree exactly
+    assert losses['stretch', 128] != losses['fixed', 128]
