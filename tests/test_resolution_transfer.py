@@ -83,3 +83,28 @@ def test_validate_at_other_sizes_under_each_policy(trained_at_32, tmp_path):
             losses[resize, size] = result['loss']
     assert losses['stretch', 32] == losses['fixed', 32]  # the built size: the policies agree exactly
     assert losses['stretch', 128] != losses['fixed', 128]
+
+
+def test_384_fine_tune_recipe_resolves_to_its_source_values():
+    args, _ = train_script.parse_args(['-c', os.path.join(ROOT, 'configs', 'sgconvnext_base_in1k_ft384.yaml'),
+                                       '--pretrained-path', 'base_224.pth.tar'])
+    assert (args.model, args.img_size, args.model_kwargs) == ('sgconvnext_base', 384, {'sg_resize': 'stretch'})
+    assert (args.epochs, args.warmup_epochs, args.weight_decay, args.layer_decay, args.drop_path) == (30, 0, 1e-8, 0.7, 0.8)
+    assert (args.mixup, args.cutmix, args.crop_pct, args.model_ema, args.head_init_scale) == (0, 0, 1.0, False, None)
+    args.lr, args.world_size = None, 8  # 8 GPUs x 32 x 2 accumulation steps = 512: [R]'s 5e-5
+    train_script.resolve_lr(args)
+    assert args.lr == pytest.approx(5e-5)
+
+
+@pytest.mark.slow
+def test_384_fine_tune_recipe_runs_from_a_smaller_checkpoint(trained_at_32, capsys):
+    # The recipe as written (layer decay, RandAugment, random erasing, drop path, cosine per update), scaled down
+    # to this machine: atto at 64 px from the 32 px checkpoint, as 384 from 224.
+    data, out, checkpoint = trained_at_32
+    train_script.main(['-c', os.path.join(ROOT, 'configs', 'sgconvnext_base_in1k_ft384.yaml'), '--data-dir', data,
+                       '--model', 'sgconvnext_atto', '--img-size', '64', '--pretrained-path', str(checkpoint),
+                       '--num-classes', '3', '-b', '4', '-j', '0', '--grad-accum-steps', '1', '--device', 'cpu',
+                       '--epochs', '1', '--output', str(out), '--experiment', 'recipe384'])
+    log = capsys.readouterr().err
+    assert "took the checkpoint's geometry" in log and 'stretch policy' in log
+    assert _stage0_geometry(out / 'recipe384' / 'last.pth.tar') == (8, 8, 0.5)
