@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from bench_utils import write_section
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN_FLAGS = ['--opt', 'adamw', '--weight-decay', '0.05', '--sched', 'cosine', '--warmup-epochs', '1',
+TRAIN_FLAGS = ['--opt', 'adamw', '--weight-decay', '0.05', '--sched', 'cosine', '--sched-on-updates', '--warmup-epochs', '1',
                '--scale', '0.35', '1', '--smoothing', '0.1', '--crop-pct', '1.0', '-b', '64', '-j', '1',
                '--device', 'cpu', '--checkpoint-hist', '1', '--log-interval', '50']
 EVAL_FLAGS = ['--crop-pct', '1.0', '-b', '100', '-j', '1', '--device', 'cpu']
