@@ -43,6 +43,7 @@ __all__ = ['SGKernel1d', 'num_scales', 'pack_geometry', 'unpack_geometry']
 _logger = logging.getLogger(__name__)
 
 
+@torch.jit.unused
 def _positive_int(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f'{name} must be a positive int, got {value!r} ({type(value).__name__})')
@@ -69,6 +70,7 @@ def _untraced():
             torch._C._set_tracing_state(state)
 
 
+@torch.jit.unused
 def _is_compiling() -> bool:
     compiler = getattr(torch, 'compiler', None)
     if compiler is not None and hasattr(compiler, 'is_compiling'):
@@ -128,6 +130,7 @@ class SGKernel1d(nn.Module):
     Forward:
         ``kernel(length)`` -> (C, 2 * length - 1) centred kernel, offset 0 at index ``length - 1``.
     """
+    __jit_ignored_attributes__ = ['_stretched', 'geometry_change']  # eager-only bookkeeping, not part of the function
 
     def __init__(
             self,
@@ -209,8 +212,13 @@ class SGKernel1d(nn.Module):
 
     def stretched_basis(self, length: int) -> torch.Tensor:
         """``basis @ stretch_matrix(l_max, length)``, (rows, 2 * length - 1), computed in float64 once per length."""
-        if _is_compiling():  # torch.compile / export: no cache writes inside a graph; the product is small
+        # TorchScript, torch.compile and export compute it in the graph (no cache writes there; the product is small)
+        if torch.jit.is_scripting() or _is_compiling():
             return self.basis @ stretch_matrix(self.l_max, length, self.basis.dtype, self.basis.device)
+        return self._cached_stretched_basis(length)
+
+    @torch.jit.unused
+    def _cached_stretched_basis(self, length: int) -> torch.Tensor:
         basis = self._stretched.get(length)
         if basis is None:
             with _untraced():  # a cache fill, not part of the traced forward (fvcore counts by tracing)
@@ -221,7 +229,12 @@ class SGKernel1d(nn.Module):
 
     def kernel(self, length: Optional[int] = None) -> torch.Tensor:
         """Centred kernel (C, 2 * length - 1) for an axis of ``length`` samples (default ``l_max``)."""
-        length = self.l_max if length is None else _positive_int('length', length)
+        if length is None:
+            length = self.l_max
+        elif not torch.jit.is_scripting():
+            _positive_int('length', length)
+        elif length < 1:
+            raise ValueError('length must be a positive int, got ' + str(length))
         weight = self.weight.flatten(1)
         if length != self.l_max and self.resize == 'stretch':
             return weight @ self.stretched_basis(length) / self.norm.unsqueeze(-1)

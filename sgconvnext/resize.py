@@ -17,6 +17,8 @@ readings of the same parameters:
 Resampling is linear in the taps, hence in the parameters: at length L the kernel is ``weight @ basis @ S_L``
 with the fixed matrix ``S_L`` of ``stretch_matrix`` (cached per length by the kernel module).
 """
+from typing import Optional
+
 import torch
 
 __all__ = ['RESIZE_POLICIES', 'DEFAULT_RESIZE', 'check_resize', 'stretch_matrix']
@@ -35,7 +37,7 @@ def check_resize(value) -> str:
 
 
 def stretch_matrix(l_max: int, length: int, dtype: torch.dtype = torch.float64,
-                   device: torch.device = torch.device('cpu')) -> torch.Tensor:
+                   device: Optional[torch.device] = None) -> torch.Tensor:
     """(2 * l_max - 1, 2 * length - 1) matrix S: a centred kernel k built for ``l_max`` -> ``k @ S`` at ``length``.
 
     Row j is the built tap at offset ``j - (l_max - 1)``, column i the new tap at offset ``s = i - (length - 1)``,

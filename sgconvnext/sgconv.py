@@ -22,7 +22,7 @@ from torch import nn
 
 from .kernel import SGKernel1d, _positive_int
 from .resize import DEFAULT_RESIZE, check_resize
-from .toeplitz import is_channels_last, toeplitz_conv2d
+from .toeplitz import _exporting_onnx, autocast_on, is_channels_last, toeplitz_conv2d
 
 __all__ = ['SGConv2d', 'BACKENDS', 'choose_backend', 'direct_conv2d', 'fast_fft_length', 'fft_conv2d', 'toeplitz_conv2d']
 
@@ -45,26 +45,29 @@ DIRECT_MAX_SIDE_INFERENCE = 128
 
 
 def choose_backend(height: int, width: int, device: torch.device, needs_grad: bool = True,
-                   channels_last: bool = False) -> str:
-    """Backend ``"auto"`` runs for an (height, width) map on ``device``."""
-    if channels_last and not needs_grad and max(height, width) <= DIRECT_MAX_SIDE_INFERENCE:
+                   channels_last: bool = False, direct_max_side: int = DIRECT_MAX_SIDE_INFERENCE,
+                   fft_cost_factor: float = FFT_COST_FACTOR) -> str:
+    """Backend ``"auto"`` runs for an (height, width) map on ``device`` (crossovers: the constants above)."""
+    if channels_last and not needs_grad and max(height, width) <= direct_max_side:
         return 'direct'
     n_h, n_w = fast_fft_length(2 * height - 1), fast_fft_length(2 * width - 1)
     matmul_cost = height * width * (height + width)
-    fft_cost = FFT_COST_FACTOR * n_h * n_w * math.log2(max(2, n_h * n_w))
+    fft_cost = fft_cost_factor * n_h * n_w * math.log(max(2, n_h * n_w)) / math.log(2.0)  # log2 (TorchScript)
     return 'matmul' if matmul_cost <= fft_cost else 'fft'
 
 
 def fast_fft_length(n: int) -> int:
     """Smallest length >= n whose only prime factors are 2, 3, 5 and 7."""
-    while True:
-        m = n
-        for p in (2, 3, 5, 7):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
+    while not _is_7_smooth(n):
         n += 1
+    return n
+
+
+def _is_7_smooth(n: int) -> bool:
+    for p in [2, 3, 5, 7]:
+        while n % p == 0:
+            n = n // p
+    return n == 1
 
 
 def direct_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
@@ -96,17 +99,29 @@ def fft_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor) -> torch.Ten
     A circular convolution of length n >= 2L-1 holds every offset in -(L-1)..L-1 without wrapping
     onto another, so outputs 0..L-1 equal the linear convolution's.
     """
+    # cuFFT half precision takes only powers of two and bf16 FFT does not exist: compute in float32+.
+    if not torch.jit.is_scripting() and autocast_on(x.device.type):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return _fft_conv2d(x, kh, kw)
+    return _fft_conv2d(x, kh, kw)
+
+
+def _fft_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor) -> torch.Tensor:
     h, w = int(x.shape[-2]), int(x.shape[-1])
     dtype = torch.promote_types(torch.promote_types(x.dtype, kh.dtype), torch.float32)
     n_h, n_w = fast_fft_length(2 * h - 1), fast_fft_length(2 * w - 1)
-    # cuFFT half precision takes only powers of two and bf16 FFT does not exist: compute in float32+.
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        spec_h = torch.fft.fft(_circular(kh.to(dtype), n_h))    # (C, n_h)
-        spec_w = torch.fft.rfft(_circular(kw.to(dtype), n_w))   # (C, n_w // 2 + 1)
-        spec_x = torch.fft.rfft2(x.to(dtype), s=(n_h, n_w))     # (B, C, n_h, n_w // 2 + 1)
-        spec_y = spec_x * (spec_h.unsqueeze(-1) * spec_w.unsqueeze(-2))
-        y = torch.fft.irfft2(spec_y, s=(n_h, n_w))[..., :h, :w]
+    spec_h = torch.fft.fft(_circular(kh.to(dtype), n_h))    # (C, n_h)
+    spec_w = torch.fft.rfft(_circular(kw.to(dtype), n_w))   # (C, n_w // 2 + 1)
+    spec_x = torch.fft.rfft2(x.to(dtype), s=(n_h, n_w))     # (B, C, n_h, n_w // 2 + 1)
+    spec_y = spec_x * (spec_h.unsqueeze(-1) * spec_w.unsqueeze(-2))
+    y = torch.fft.irfft2(spec_y, s=(n_h, n_w))[..., :h, :w]
     return y.to(x.dtype)
+
+
+@torch.jit.unused
+def _check_is_tensor(x) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'SGConv2d expects a torch.Tensor, got {type(x).__name__}')
 
 
 def _pair(name: str, value) -> Tuple[int, int]:
@@ -133,7 +148,11 @@ class SGConv2d(nn.Module):
             the map, ``"fixed"`` keeps each tap's pixel offset (zero past ``l_max``).
 
     Shape: (B, C, H, W) -> (B, C, H, W) for any H, W >= 1.
+
+    TorchScript (``torch.jit.script``) compiles the same forward; there "auto" picks as in eager, "matmul" runs
+    its whole-batch products (``toeplitz.py``) and the kernels follow autocast's dtype rules of the scripted ops.
     """
+    __jit_unused_properties__ = ['l_max', 'resize']  # Python-side views of the kernels' settings
 
     def __init__(
             self,
@@ -174,8 +193,10 @@ class SGConv2d(nn.Module):
 
     def axis_kernels(self, height: int, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Centred axis kernels ((C, 2H-1), (C, 2W-1)) in the parameters' dtype, autocast off."""
-        with torch.autocast(device_type=self.kernel_h.weight.device.type, enabled=False):
-            return self.kernel_h(height), self.kernel_w(width)
+        if not torch.jit.is_scripting() and autocast_on(self.kernel_h.weight.device.type):
+            with torch.autocast(device_type=self.kernel_h.weight.device.type, enabled=False):
+                return self.kernel_h(height), self.kernel_w(width)
+        return self.kernel_h(height), self.kernel_w(width)
 
     def materialize(self, height: int, width: int) -> torch.Tensor:
         """The centred 2-D kernel (C, 2H-1, 2W-1) the layer applies to an (H, W) map.
@@ -192,17 +213,18 @@ class SGConv2d(nn.Module):
             return choose_backend(height, width, device, needs_grad, channels_last)
         return self.backend
 
-    def _check_input(self, x) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f'SGConv2d expects a torch.Tensor, got {type(x).__name__}')
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not torch.jit.is_scripting():
+            _check_is_tensor(x)
+        shape = '(' + ', '.join([str(s) for s in x.shape]) + ')'
         if x.dim() != 4:
-            raise ValueError(f'SGConv2d expects a 4-D (B, C, H, W) input, got shape {tuple(x.shape)}')
+            raise ValueError(f'SGConv2d expects a 4-D (B, C, H, W) input, got shape {shape}')
         if x.shape[1] != self.dim:
-            raise ValueError(f'SGConv2d expects {self.dim} channels, got input of shape {tuple(x.shape)}')
+            raise ValueError(f'SGConv2d expects {self.dim} channels, got input of shape {shape}')
         if not x.is_floating_point():
             raise TypeError(f'SGConv2d expects a floating point input, got {x.dtype}')
         if x.shape[2] < 1 or x.shape[3] < 1:
-            raise ValueError(f'SGConv2d expects H, W >= 1, got input of shape {tuple(x.shape)}')
+            raise ValueError(f'SGConv2d expects H, W >= 1, got input of shape {shape}')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
@@ -211,13 +233,19 @@ class SGConv2d(nn.Module):
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or kh.requires_grad)
         channels_last = is_channels_last(x)
         backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last)
+        if not torch.jit.is_scripting() and _exporting_onnx():
+            backend = 'matmul'  # the backend both torch.onnx exporters translate (README, "Export")
         if backend == 'direct':
             return direct_conv2d(x, kh, kw, self.bias)
         if backend == 'matmul' or x.shape[0] == 0:  # MKL's FFT rejects an empty batch
             return toeplitz_conv2d(x, kh, kw, self.bias)
         y = fft_conv2d(x, kh, kw)
-        return y if self.bias is None else y + self.bias.to(y.dtype).view(1, -1, 1, 1)
+        bias = self.bias
+        if bias is None:
+            return y
+        return y + bias.to(y.dtype).view(1, -1, 1, 1)
 
+    @torch.jit.unused
     def no_weight_decay(self):
         """Kernel parameters, named relative to this module (bias is 1-D, timm skips it already)."""
         return {'kernel_h.weight', 'kernel_w.weight'}

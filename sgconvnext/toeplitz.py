@@ -9,12 +9,16 @@ moving data between (B, C, H, W) layouts and (C, H, B, W); this module does thos
   copies the same cheap way.
 * image by image (CPU, channels_last input, batch > 1, large maps): each image is moved, multiplied and
   written back while it is still in cache, and the backward recomputes the first product instead of saving it.
+
+TorchScript, torch.jit.trace, torch.compile and export (ONNX included) run the whole-batch products as plain
+ops: the same function, without the two Functions (which they cannot see into) or the per-image loop (which
+would fix the batch size in a graph).
 """
 from typing import Optional
 
 import torch
 
-__all__ = ['toeplitz_conv2d', 'is_channels_last', 'PER_IMAGE_MIN_PIXELS']
+__all__ = ['toeplitz_conv2d', 'is_channels_last', 'autocast_on', 'PER_IMAGE_MIN_PIXELS']
 
 # Image by image when H*W >= this, on CPU with channels_last input. Measured on a 2-core CPU
 # (forward + backward / 7x7 depthwise conv, tools/bench_sgconv.py shapes): at 56x56 (C=96, B=8 and 16)
@@ -33,7 +37,16 @@ def is_channels_last(x: torch.Tensor) -> bool:
 
 def _toeplitz(kernel: torch.Tensor, n: int) -> torch.Tensor:
     """(C, 2n-1) centred kernel -> (C, n, n) matrix T with ``T[c, i, j] = kernel[c, n - 1 + i - j]``."""
+    if not torch.jit.is_scripting() and _exporting_onnx():
+        # torch.onnx's TorchScript-based exporter fails on unfold once the batch axis is dynamic: a gather instead
+        i = torch.arange(n, device=kernel.device)
+        return kernel[:, (n - 1) + i.unsqueeze(1) - i.unsqueeze(0)]
     return kernel.flip(-1).unfold(-1, n, 1).flip(-2)
+
+
+@torch.jit.unused
+def _exporting_onnx() -> bool:
+    return torch.onnx.is_in_onnx_export()
 
 
 def _to_channel_major(x: torch.Tensor) -> torch.Tensor:
@@ -43,48 +56,69 @@ def _to_channel_major(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous().permute(1, 2, 0, 3).contiguous()
 
 
-def _to_batch_major(y: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
-    """(C, H, B, W) -> (B, C, H, W) laid out in ``memory_format`` (through contiguous NCHW, as above)."""
-    return y.permute(2, 0, 1, 3).contiguous().contiguous(memory_format=memory_format)
+def _to_batch_major(y: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """(C, H, B, W) -> (B, C, H, W), channels_last or contiguous (through contiguous NCHW, as above)."""
+    y = y.permute(2, 0, 1, 3).contiguous()
+    return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
 class _ChannelMajor(torch.autograd.Function):
     """``_to_channel_major`` whose backward returns the gradient in the input's memory format."""
 
     @staticmethod
-    def forward(ctx, x, memory_format):
-        ctx.memory_format = memory_format
+    def forward(ctx, x, channels_last):
+        ctx.channels_last = channels_last
         return _to_channel_major(x)
 
     @staticmethod
     def backward(ctx, grad):
-        return _to_batch_major(grad, ctx.memory_format), None
+        return _to_batch_major(grad, ctx.channels_last), None
 
 
 class _BatchMajor(torch.autograd.Function):
     """``_to_batch_major`` whose backward takes the gradient to (C, H, B, W) by the fast route."""
 
     @staticmethod
-    def forward(ctx, y, memory_format):
-        return _to_batch_major(y, memory_format)
+    def forward(ctx, y, channels_last):
+        return _to_batch_major(y, channels_last)
 
     @staticmethod
     def backward(ctx, grad):
         return _to_channel_major(grad), None
 
 
-def _whole_batch(x, th, tw_t, bias, memory_format, grad_mode):
-    b, c, h, w = x.shape
+def _whole_batch(x: torch.Tensor, th: torch.Tensor, tw_t: torch.Tensor, bias: Optional[torch.Tensor],
+                 channels_last: bool, route_grads: bool) -> torch.Tensor:
+    b, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
     # Th @ (H, B*W), then (H*B, W) @ Tw^T: per-channel GEMMs with the batch folded in, and no copy between
     # them. The bias rides on the second product.
-    xm = _ChannelMajor.apply(x, memory_format) if grad_mode and x.requires_grad else _to_channel_major(x)
+    if route_grads and x.requires_grad:
+        xm = _channel_major_routed(x, channels_last)
+    else:
+        xm = _to_channel_major(x)
     y = torch.bmm(th, xm.view(c, h, b * w)).view(c, h * b, w)
-    y = torch.bmm(y, tw_t) if bias is None else torch.baddbmm(bias.view(c, 1, 1), y, tw_t)
+    if bias is None:
+        y = torch.bmm(y, tw_t)
+    else:
+        y = torch.baddbmm(bias.view(c, 1, 1), y, tw_t)
     y = y.view(c, h, b, w)
-    return _BatchMajor.apply(y, memory_format) if grad_mode and y.requires_grad else _to_batch_major(y, memory_format)
+    if route_grads and y.requires_grad:
+        return _batch_major_routed(y, channels_last)
+    return _to_batch_major(y, channels_last)
 
 
-def _image_products(x, th, tw_t, bias, out):
+@torch.jit.unused
+def _channel_major_routed(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return _ChannelMajor.apply(x, channels_last)
+
+
+@torch.jit.unused
+def _batch_major_routed(y: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return _BatchMajor.apply(y, channels_last)
+
+
+def _image_products(x: torch.Tensor, th: torch.Tensor, tw_t: torch.Tensor, bias: Optional[torch.Tensor],
+                    out: torch.Tensor) -> torch.Tensor:
     """Write ``th @ x[i] @ tw_t (+ bias)`` into ``out[i]`` for every image i. x, out: (B, C, H, W)."""
     c, h, w = x.shape[1:]
     for i in range(x.shape[0]):
@@ -126,11 +160,25 @@ class _ImageByImage(torch.autograd.Function):
         return grad_x, grad_th, grad_tw_t, grad_bias
 
 
-def _autocast_on(device_type: str) -> bool:
+@torch.jit.unused
+def autocast_on(device_type: str) -> bool:
+    """Whether autocast is enabled for ``device_type`` (False for devices without autocast, such as meta)."""
     try:
         return torch.is_autocast_enabled(device_type)
     except TypeError:  # torch < 2.4 takes no device argument
-        return torch.is_autocast_cpu_enabled() if device_type == 'cpu' else torch.is_autocast_enabled()
+        return torch.is_autocast_cpu_enabled() if device_type == 'cpu' else (
+            device_type == 'cuda' and torch.is_autocast_enabled())
+    except RuntimeError:  # "unknown device type for autocast"
+        return False
+
+
+@torch.jit.unused
+def _in_graph_capture() -> bool:
+    """Traced, compiled or exported: the Functions and the per-image loop are left out (module docstring)."""
+    compiler = getattr(torch, 'compiler', None)
+    compiling = compiler.is_compiling() if compiler is not None and hasattr(compiler, 'is_compiling') \
+        else torch._dynamo.is_compiling()
+    return compiling or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def toeplitz_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
@@ -140,20 +188,29 @@ def toeplitz_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
     x: (B, C, H, W); kh: (C, 2H-1); kw: (C, 2W-1) centred kernels; bias: (C,). Returns (B, C, H, W) in
     x's memory format (contiguous or channels_last), so a channels_last block needs no extra copy.
     """
-    b, c, h, w = x.shape
+    h, w = x.shape[2], x.shape[3]
     channels_last = is_channels_last(x)
     th = _toeplitz(kh.to(x.dtype), h)                       # (C, H, H)
     tw_t = _toeplitz(kw.to(x.dtype), w).transpose(-1, -2)   # (C, W, W)
-    bias = None if bias is None else bias.to(x.dtype)
+    if bias is not None:
+        bias = bias.to(x.dtype)
+    if torch.jit.is_scripting():
+        return _whole_batch(x, th, tw_t, bias, channels_last, False)
+    return _toeplitz_eager(x, th, tw_t, bias, channels_last)
+
+
+@torch.jit.unused
+def _toeplitz_eager(x, th, tw_t, bias, channels_last: bool) -> torch.Tensor:
+    captured = _in_graph_capture()
     # The autograd Functions give the backward a cheaper route; plain ops compute the same and are used
-    # without grad and when tracing (jit.trace and fvcore see Functions as opaque Python ops).
-    grad_mode = torch.is_grad_enabled() and not torch.jit.is_tracing()
+    # without grad and in graphs (jit.trace and fvcore see Functions as opaque Python ops).
+    grad_mode = torch.is_grad_enabled() and not captured
     # Autocast would run the products in low precision, which the image-by-image output buffer (x's dtype)
     # and its hand-written backward do not follow: leave autocast to the whole-batch path.
+    b, h, w = x.shape[0], x.shape[2], x.shape[3]
     if (channels_last and b > 1 and h * w >= PER_IMAGE_MIN_PIXELS and x.device.type == 'cpu'
-            and not _autocast_on('cpu')):
+            and not captured and not autocast_on('cpu')):
         if grad_mode and any(t is not None and t.requires_grad for t in (x, th, tw_t, bias)):
             return _ImageByImage.apply(x, th, tw_t, bias)
         return _image_products(x, th, tw_t, bias, torch.empty_like(x))
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return _whole_batch(x, th, tw_t, bias, memory_format, grad_mode)
+    return _whole_batch(x, th, tw_t, bias, channels_last, grad_mode)
