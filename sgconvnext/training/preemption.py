@@ -18,11 +18,11 @@ trainer stops them itself); once it has returned they die on them as before, so 
 trainer can still shut its workers down. Workers started before the hook (``--use-multi-epochs-loader``
 starts them when the loader is built) keep PyTorch's handler.
 
-torchrun (torch 2.14, measured in tests/test_elastic.py): on SIGTERM it forwards SIGTERM to every
-worker's process group, waits up to ``--shutdown-timeout`` (default 30 s) and then SIGKILLs the rest;
-it does not restart them, and exits with status 1 itself even when every worker exited 0. SIGUSR1 is not
-in its default ``--signals-to-handle``: add it (``SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1``), or SIGUSR1
-kills torchrun and leaves its workers running.
+torchrun (torch 2.14, measured; README "Restarts, preemption, SLURM"): on a signal it handles (SIGTERM by
+default) it sends it to every worker's process group, waits up to ``--shutdown-timeout`` (30 s), SIGKILLs
+what is left, does not restart them, and exits with status 1 itself even when every worker exited 0.
+SIGUSR1 is not in its default ``--signals-to-handle``: add it (``SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1``),
+or SIGUSR1 kills torchrun and leaves its workers running.
 """
 import ctypes
 import logging
