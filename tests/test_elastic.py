@@ -191,8 +191,12 @@ def test_resume_auto_starts_fresh_then_resumes_in_the_same_folder(data_dir, tmp_
 @pytest.fixture(scope='module')
 def two_epochs(data_dir, tmp_path_factory):
     """A run folder after two epochs: last.pth.tar, checkpoint-0 and checkpoint-1, summary rows 0 and 1."""
-    out = tmp_path_factory.mktemp('runs')
-    train_script.main(train_args(data_dir, out, 'two', '--epochs', '2'))
+    out, threads = tmp_path_factory.mktemp('runs'), torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope: set up before the autouse one_thread fixture
+    try:
+        train_script.main(train_args(data_dir, out, 'two', '--epochs', '2'))
+    finally:
+        torch.set_num_threads(threads)
     return out / 'two'
 
 
@@ -204,13 +208,18 @@ def snapshot(run_dir):
     return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir()}
 
 
-def test_truncated_last_checkpoint_falls_back_to_the_newest_good_one(two_epochs, data_dir, tmp_path, capsys):
+@pytest.mark.parametrize('damage', ['truncated', 'missing'])
+def test_damaged_last_checkpoint_falls_back_to_the_newest_good_one(two_epochs, data_dir, tmp_path, capsys, damage):
     run_dir = copy_run(two_epochs, tmp_path)
     last = run_dir / 'last.pth.tar'
-    last.write_bytes(last.read_bytes()[:1000])  # (checkpoint-1 is a copy of it, and whole)
+    if damage == 'truncated':
+        last.write_bytes(last.read_bytes()[:1000])  # (checkpoint-1 is a copy of it, and whole)
+    else:
+        last.unlink()
     train_script.main(train_args(data_dir, tmp_path, 'two', '--epochs', '3', '--resume', 'auto'))
     log = capsys.readouterr().err
-    assert f'--resume auto: cannot read checkpoint {last}' in log
+    why = f'cannot read checkpoint {last}' if damage == 'truncated' else f'{last} is missing'
+    assert f'--resume auto: {why}' in log
     assert f'falling back to {run_dir / "checkpoint-1.pth.tar"} (epoch 1)' in log
     assert epochs(run_dir) == [0, 1, 2] and load_checkpoint(last)['epoch'] == 2
 
@@ -242,8 +251,8 @@ def test_damaged_last_checkpoint_without_fallback_is_a_one_line_error_and_writes
         torch.save({'epoch': 1, 'weights': torch.zeros(3)}, last)  # loads, but has no state_dict
     before = snapshot(run_dir)
     message = fail(*train_args(data_dir, tmp_path, 'two', '--epochs', '3', '--resume', 'auto'))
-    assert f'--resume auto: ' in message and str(last) in message
-    assert 'no checkpoint-N.pth.tar to fall back to' in message and 'Move' in message
+    assert 'error: --resume auto: ' in message and str(last) in message
+    assert 'has no checkpoint-N.pth.tar to fall back to' in message and f'Move {last} away' in message
     assert snapshot(run_dir) == before  # args.yaml, summary.csv and the checkpoint untouched
 
 

@@ -251,6 +251,17 @@ def _ranked_checkpoints(run_dir: str):
     return [path for _, path in sorted(found, reverse=True)]
 
 
+def _load_if_whole(path: str):
+    """(checkpoint, None), or (None, what is wrong with the file)."""
+    try:
+        checkpoint = load_checkpoint_file(path)
+    except CLIError as e:
+        return None, str(e)
+    if not isinstance(checkpoint, dict) or 'state_dict' not in checkpoint:
+        return None, f'{path} is not a training checkpoint (no state_dict)'
+    return checkpoint, None
+
+
 def find_resume_checkpoint(run_dir: str):
     """(path, checkpoint) for ``--resume auto`` in ``run_dir``, or (None, None) to start fresh.
 
@@ -262,26 +273,23 @@ def find_resume_checkpoint(run_dir: str):
     ranked = _ranked_checkpoints(run_dir)
     if not os.path.exists(last) and not ranked:
         return None, None
-    problem = None
+    problem = f'{last} is missing'
     if os.path.exists(last):
-        try:
-            return last, load_training_checkpoint(last)
-        except CLIError as e:
-            problem = str(e)
-    else:
-        problem = f'{last} is missing'
+        checkpoint, problem = _load_if_whole(last)
+        if checkpoint is not None:
+            return last, checkpoint
     for path in ranked:
-        try:
-            checkpoint = load_training_checkpoint(path)
-        except CLIError as e:
-            _logger.warning(f'--resume auto: skipping {path}: {e}')
+        checkpoint, skipped = _load_if_whole(path)
+        if checkpoint is None:
+            _logger.warning(f'--resume auto: skipping {path}: {skipped}')
             continue
         _logger.warning(f'--resume auto: {problem}; falling back to {path} (epoch {checkpoint.get("epoch")}), '
                         f'the newest checkpoint that loads: the epochs after it are trained again')
         return path, checkpoint
-    fallback = f'none of {len(ranked)} checkpoint-N.pth.tar loads either' if ranked else 'no checkpoint-N.pth.tar'
-    raise CLIError(f'--resume auto: {problem}; {fallback} to fall back to in {run_dir}. Move {last} away to '
-                   f'start this run fresh, or --resume a good checkpoint')
+    fallback = (f'none of the {len(ranked)} checkpoint-N.pth.tar in {run_dir} loads either' if ranked
+                else f'{run_dir} has no checkpoint-N.pth.tar to fall back to')
+    raise CLIError(f'--resume auto: {problem}, and {fallback}. Move {last} away to start this run fresh, '
+                   f'or --resume a good checkpoint')
 
 
 def resume_run(args, run_dir: str, *, model, optimizer, loss_scaler, device):

@@ -15,8 +15,8 @@ every process of a job step, so loader worker processes get it too. PyTorch's wo
 SIGTERM, and the trainer then fails with "DataLoader worker exited unexpectedly" before it can save.
 ``protect_loader_workers`` makes the workers ignore these signals while the trainer is running (the
 trainer stops them itself); once it has returned they die on them as before, so a finished or failed
-trainer can still shut its workers down. Workers started before the hook (``--use-multi-epochs-loader``
-starts them when the loader is built) keep PyTorch's handler.
+trainer can still shut its workers down. Workers already running when the hook is set keep PyTorch's
+handler (a warning says so; timm's loaders, the multi-epochs one included, start them on first use).
 
 torchrun (torch 2.14, measured; README "Restarts, preemption, SLURM"): on a signal it handles (SIGTERM by
 default) it sends it to every worker's process group, waits up to ``--shutdown-timeout`` (30 s), SIGKILLs
@@ -83,8 +83,13 @@ class StopOnSignal:
         """Make the worker processes of ``loader`` (timm's loader, or the one inside a PrefetchLoader) ignore
         the stop signals while this StopOnSignal is active."""
         torch_loader = getattr(loader, 'loader', loader)
-        if getattr(torch_loader, 'num_workers', 0) > 0 and not getattr(torch_loader, '_iterator', None):
-            torch_loader.worker_init_fn = _WorkerSignals(self.signals, self._active, torch_loader.worker_init_fn)
+        if getattr(torch_loader, 'num_workers', 0) == 0:
+            return
+        if getattr(torch_loader, '_iterator', None) or getattr(torch_loader, 'iterator', None):
+            _logger.warning('Loader workers started before the trainer could set them up: a SIGTERM or SIGUSR1 '
+                            'sent to them stops the run without saving')
+            return
+        torch_loader.worker_init_fn = _WorkerSignals(self.signals, self._active, torch_loader.worker_init_fn)
 
 
 class _WorkerSignals:
