@@ -285,6 +285,43 @@ def test_a_second_signal_during_a_save_changes_nothing(tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ['checkpoint-0.pth.tar', 'last.pth.tar', 'model_best.pth.tar']
 
 
+class SignalOnCall(torch.nn.Module):
+    """The training loss, and SIGTERM to this process during its ``call``-th call (a forward pass)."""
+
+    def __init__(self, loss_fn, call):
+        super().__init__()
+        self.loss_fn, self.call, self.calls = loss_fn, call, 0
+
+    def forward(self, output, target):
+        self.calls += 1
+        if self.calls == self.call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.loss_fn(output, target)
+
+
+def test_with_grad_accumulation_the_run_stops_at_the_next_update(data_dir, tmp_path, monkeypatch, capsys):
+    make_loss = train_script.create_train_loss
+    monkeypatch.setattr(train_script, 'create_train_loss', lambda args: SignalOnCall(make_loss(args), call=4))
+    # batch 3 (the 4th) is the second of update 2: the run finishes that update and stops before batch 4
+    train_script.main(train_args(data_dir, tmp_path, 'accum', '--epochs', '2', '--grad-accum-steps', '2'))
+    assert 'Stopped by SIGTERM after 2 updates of epoch 0' in capsys.readouterr().err
+    assert preempted_checkpoint(tmp_path / 'accum') == (-1, {'epoch': 0, 'updates': 2})  # resume: epoch 0 again
+    assert not (tmp_path / 'accum' / 'summary.csv').exists()
+
+
+def test_a_signal_during_evaluation_stops_after_that_epochs_checkpoint(data_dir, tmp_path, monkeypatch, capsys):
+    evaluate = train_script.evaluate
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train_script, 'evaluate', signalled)
+    train_script.main(train_args(data_dir, tmp_path, 'eval', '--epochs', '3'))
+    assert 'Stopped by SIGTERM after epoch 0 and its checkpoint' in capsys.readouterr().err
+    assert preempted_checkpoint(tmp_path / 'eval') == (0, None) and epochs(tmp_path / 'eval') == [0]
+
+
 @pytest.mark.slow
 def test_sigterm_mid_epoch_saves_exits_0_and_resume_auto_finishes(data_dir, tmp_path):
     # SIGTERM, twice, to the process group (as torchrun and SLURM send it): the loader worker (-j 1) gets it too
