@@ -129,13 +129,14 @@ def readme_block(starts_with: str) -> str:
     return found[0]
 
 
-def readme_torchrun_flags(**values) -> list:
-    """The torchrun flags of the README's elastic example, with ``values`` (flag name -> value) replaced."""
-    command = readme_block('torchrun --nnodes=1').replace('\\\n', ' ').split()
-    flags = command[1:command.index('train_imagenet.py')]
+def readme_torchrun(**values):
+    """(environment, torchrun flags) of the README's elastic example, flag values (name -> value) replaced."""
+    exports, command = readme_block('export ').replace('\\\n', ' ').split('torchrun ', 1)
+    env = dict(ENV, **dict(line.split()[1].split('=', 1) for line in exports.splitlines() if line.strip()))
+    flags = command.split()[:command.split().index('train_imagenet.py')]
     names = [f.split('=')[0].lstrip('-') for f in flags]
     assert set(values) <= set(names), (values, names)
-    return [f"--{n}={values[n]}" if n in values else f for n, f in zip(names, flags)]
+    return env, [f"--{n}={values[n]}" if n in values else f for n, f in zip(names, flags)]
 
 
 def preempted_checkpoint(run_dir):
@@ -347,11 +348,11 @@ def test_sigterm_mid_epoch_saves_exits_0_and_resume_auto_finishes(data_dir, tmp_
 
 @pytest.mark.slow
 def test_torchrun_sigterm_to_one_rank_stops_both_at_the_same_step(data_dir, tmp_path):
-    flags = readme_torchrun_flags(nproc_per_node=2, **{'rdzv-endpoint': f'127.0.0.1:{free_port()}'})
+    env, flags = readme_torchrun(nproc_per_node=2, **{'rdzv-endpoint': f'127.0.0.1:{free_port()}'})
     log_path = tmp_path / 'log.txt'
     cmd = [sys.executable, '-m', 'torch.distributed.run', *flags, '--local-addr=127.0.0.1', TRAIN,
            *train_args(data_dir, tmp_path, 'one', *SLOW, '--epochs', '2', '--resume', 'auto')]
-    with launched(cmd, log_path) as proc:
+    with launched(cmd, log_path, env=env) as proc:
         wait_for('Train: 1 [   2/9', log_path, proc)
         os.kill(worker_pid(proc.pid, rank=1), signal.SIGTERM)  # rank 0 is not told
         log = finish(proc, log_path)
@@ -368,12 +369,12 @@ def test_torchrun_sigterm_to_one_rank_stops_both_at_the_same_step(data_dir, tmp_
 
 @pytest.mark.slow
 def test_torchrun_restarts_a_killed_worker_and_continues_after_the_last_epoch(data_dir, tmp_path):
-    flags = readme_torchrun_flags(nproc_per_node=2, **{'max-restarts': 1, 'rdzv-endpoint': f'127.0.0.1:{free_port()}'})
-    assert '--rdzv-backend=c10d' in flags
+    env, flags = readme_torchrun(nproc_per_node=2, **{'max-restarts': 1, 'rdzv-endpoint': f'127.0.0.1:{free_port()}'})
+    assert '--rdzv-backend=c10d' in flags and env['TORCH_DISABLE_SHARE_RDZV_TCP_STORE'] == '1'
     log_path = tmp_path / 'log.txt'
     cmd = [sys.executable, '-m', 'torch.distributed.run', *flags, '--local-addr=127.0.0.1', TRAIN,
            *train_args(data_dir, tmp_path, 'elastic', *SLOW, '--epochs', '3', '--resume', 'auto')]
-    with launched(cmd, log_path) as proc:
+    with launched(cmd, log_path, env=env) as proc:
         wait_for('Train: 1 [   2/9', log_path, proc)
         os.kill(worker_pid(proc.pid, rank=1), signal.SIGKILL)
         log = finish(proc, log_path)
