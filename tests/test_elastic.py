@@ -346,23 +346,33 @@ def test_sigterm_mid_epoch_saves_exits_0_and_resume_auto_finishes(data_dir, tmp_
     assert_uninterrupted_lr(run_dir, 3)
 
 
-@pytest.mark.slow
-def test_torchrun_sigterm_to_one_rank_stops_both_at_the_same_step(data_dir, tmp_path):
+@pytest.fixture(scope='module')
+def one_node_run(data_dir, tmp_path_factory):
+    """torchrun, one node, two processes (the README's flags), 2 epochs; SIGTERM to rank 1 only during epoch 1.
+
+    (returncode, log, run dir). Shared by the tests of a signal to one rank and of two nodes (its epoch 0).
+    """
+    out = tmp_path_factory.mktemp('one_node')
     env, flags = readme_torchrun(nproc_per_node=2, **{'rdzv-endpoint': f'127.0.0.1:{free_port()}'})
-    log_path = tmp_path / 'log.txt'
     cmd = [sys.executable, '-m', 'torch.distributed.run', *flags, '--local-addr=127.0.0.1', TRAIN,
-           *train_args(data_dir, tmp_path, 'one', *SLOW, '--epochs', '2', '--resume', 'auto')]
-    with launched(cmd, log_path, env=env) as proc:
-        wait_for('Train: 1 [   2/9', log_path, proc)
+           *train_args(data_dir, out, 'run', *SLOW, '--epochs', '2', '--resume', 'auto')]
+    with launched(cmd, out / 'log.txt', env=env) as proc:
+        wait_for('Train: 1 [   2/9', out / 'log.txt', proc)
         os.kill(worker_pid(proc.pid, rank=1), signal.SIGTERM)  # rank 0 is not told
-        log = finish(proc, log_path)
-    assert proc.returncode == 0, log[-3000:]  # every worker exited 0: torchrun does not restart them
+        log = finish(proc, out / 'log.txt')
+    return proc.returncode, log, out / 'run'
+
+
+@pytest.mark.slow
+def test_torchrun_sigterm_to_one_rank_stops_both_at_the_same_step(one_node_run):
+    returncode, log, run_dir = one_node_run
+    assert returncode == 0, log[-3000:]  # every worker exited 0: torchrun does not restart them
     stopped = re.search(r'Stopped by a signal to another rank after (\d+) updates of epoch 1', log)
     assert stopped, log[-3000:]
     steps = re.search(r'Optimizer steps per rank: \[(\d+), (\d+)\]', log)
     assert steps and steps.group(1) == steps.group(2) == str(9 + int(stopped.group(1)))
-    assert preempted_checkpoint(tmp_path / 'one') == (0, {'epoch': 1, 'updates': int(stopped.group(1))})
-    assert epochs(tmp_path / 'one') == [0]
+    assert preempted_checkpoint(run_dir) == (0, {'epoch': 1, 'updates': int(stopped.group(1))})
+    assert epochs(run_dir) == [0]
 
 
 # ---------------------------------------------------------------------------- torchrun: restarts, two nodes
@@ -388,38 +398,34 @@ def test_torchrun_restarts_a_killed_worker_and_continues_after_the_last_epoch(da
 
 
 @pytest.mark.slow
-def test_two_nodes_train_like_one_node_with_two_processes(data_dir, tmp_path):
-    """Two torchrun launches (nodes 0 and 1, one process each) against one launch of two processes.
+def test_two_nodes_train_like_one_node_with_two_processes(data_dir, tmp_path, one_node_run):
+    """Two torchrun launches (nodes 0 and 1, one process each) train one epoch; epoch 0 of ``one_node_run``
+    (one launch of two processes, the same training flags) is the reference.
 
-    Both have 2 ranks of batch 4 (global batch 8): the same seeds, data shards, float32 operations and
+    Both have 2 ranks of batch 2 (global batch 4): the same seeds, data shards, float32 operations and
     gloo sum of two gradients (a + b, the same in either order), so they must agree to float32 rounding.
     Tolerance: 1e-6 relative on the losses and LR, exact top-1 / top-5, 1e-6 on every weight. Measured:
     identical (the 2-node link is TCP between launchers instead of inside one; the arithmetic is the same).
     """
-    args = ['--epochs', '1']
     endpoint = f'127.0.0.1:{free_port()}'
     nodes = [[sys.executable, '-m', 'torch.distributed.run', '--nnodes=2', f'--node-rank={rank}', '--nproc_per_node=1',
               '--rdzv-backend=c10d', f'--rdzv-endpoint={endpoint}', '--rdzv-id=two-nodes', '--local-addr=127.0.0.1',
-              TRAIN, *train_args(data_dir, tmp_path, 'two_nodes', *args)] for rank in (0, 1)]
-    one_node = [sys.executable, '-m', 'torch.distributed.run', '--nnodes=1', '--nproc_per_node=2',
-                '--rdzv-backend=c10d', f'--rdzv-endpoint=127.0.0.1:{free_port()}', '--local-addr=127.0.0.1',
-                TRAIN, *train_args(data_dir, tmp_path, 'one_node', *args)]
+              TRAIN, *train_args(data_dir, tmp_path, 'two_nodes', *SLOW, '--epochs', '1')] for rank in (0, 1)]
     with launched(nodes[0], tmp_path / 'node0.txt') as node0, launched(nodes[1], tmp_path / 'node1.txt') as node1:
         logs = [finish(node0, tmp_path / 'node0.txt'), finish(node1, tmp_path / 'node1.txt')]
     assert (node0.returncode, node1.returncode) == (0, 0), '\n'.join(log[-2000:] for log in logs)
-    assert sum('Optimizer steps per rank: [4, 4]' in log for log in logs) == 1  # global rank 0 logs
-    with launched(one_node, tmp_path / 'one.txt') as proc:
-        log = finish(proc, tmp_path / 'one.txt')
-    assert proc.returncode == 0 and 'Optimizer steps per rank: [4, 4]' in log, log[-3000:]
+    assert sum('Optimizer steps per rank: [9, 9]' in log for log in logs) == 1  # global rank 0 logs
 
-    (two,), (one,) = read_summary(tmp_path / 'two_nodes' / 'summary.csv'), read_summary(tmp_path / 'one_node' / 'summary.csv')
+    one_node_dir = one_node_run[2]
+    (two,), one = read_summary(tmp_path / 'two_nodes' / 'summary.csv'), read_summary(one_node_dir / 'summary.csv')[0]
     assert two.keys() == one.keys()
     for key in two:
         if key in ('epoch', 'eval_top1', 'eval_top5'):
             assert two[key] == one[key], key
         else:
             assert float(two[key]) == pytest.approx(float(one[key]), rel=1e-6), key
-    weights = [load_checkpoint(tmp_path / name / 'last.pth.tar')['state_dict'] for name in ('two_nodes', 'one_node')]
+    weights = [load_checkpoint(path)['state_dict'] for path in (
+        tmp_path / 'two_nodes' / 'last.pth.tar', one_node_dir / 'checkpoint-0.pth.tar')]
     assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) <= 1e-6
 
 

@@ -9,7 +9,7 @@
 * ``trim_summary`` drops summary rows of epochs that will be trained again, so a run killed at any
   point and resumed ends with exactly one row per epoch.
 * ``--resume auto``: ``find_resume_checkpoint`` picks ``last.pth.tar`` of the run's folder, or, when that
-  is damaged, the newest ``checkpoint-N.pth.tar`` that loads (with a warning); ``stable_experiment_name``
+  is damaged or missing, the newest ``checkpoint-N.pth.tar`` that loads (with a warning); ``stable_experiment_name``
   names the folder from the flags when ``--experiment`` is not given, so a restarted job finds it again.
 * ``CheckpointSaver.save_preempted`` writes ``last.pth.tar`` in the middle of an epoch (see preemption.py).
 """
