@@ -28,7 +28,7 @@ from sgconvnext.training.config import parse_args
 from sgconvnext.training.preemption import StopOnSignal
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', GLOO_SOCKET_IFNAME='lo')  # gloo on the loopback device only
-SLOW = ['-b', '2', '--img-size', '64', '--log-interval', '1']  # 18 steps an epoch (9 per rank with 2), ~0.1 s each
+SLOW = ['-b', '2', '--img-size', '64', '--log-interval', '1']  # 18 steps an epoch (9 per rank with 2), 0.1-0.3 s each
 README = os.path.join(ROOT, 'README.md')
 SBATCH = os.path.join(ROOT, 'tools', 'train.sbatch')
 
@@ -105,11 +105,12 @@ def worker_pid(torchrun_pid: int, rank: int) -> int:
         try:
             with open(f'/proc/{pid}/environ', 'rb') as f:
                 env = dict(v.split(b'=', 1) for v in f.read().split(b'\0') if b'=' in v)
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                cmdline = f.read()
         except OSError:
             continue
-        if env.get(b'RANK') == str(rank).encode() and b'LOCAL_RANK' in env and b'TORCHELASTIC_RUN_ID' in env:
-            if open(f'/proc/{pid}/cmdline', 'rb').read().count(b'train_imagenet.py'):
-                return pid
+        if env.get(b'RANK') == str(rank).encode() and b'TORCHELASTIC_RUN_ID' in env and b'train_imagenet.py' in cmdline:
+            return pid
     raise AssertionError(f'no worker with RANK={rank} under {torchrun_pid}')
 
 

@@ -10,12 +10,13 @@ rank exits with status 0. A signal that arrives during evaluation or a save stop
 epoch's checkpoint instead. Further signals while it is saving only set the flag again; the save itself
 is atomic (a temporary file renamed over ``last.pth.tar``), so even a SIGKILL leaves a whole checkpoint.
 
-DataLoader workers: torchrun sends a signal to each worker's whole process group, and SLURM signals
-every process of a job step, so loader worker processes get it too. PyTorch's worker handler dies on
+DataLoader workers: torchrun sends a signal to each worker's whole process group (and SLURM may signal
+every process of a job step), so loader worker processes get it too. PyTorch's worker handler dies on
 SIGTERM, and the trainer then fails with "DataLoader worker exited unexpectedly" before it can save.
 ``protect_loader_workers`` makes the workers ignore these signals while the trainer is running (the
-trainer stops them itself); once it has returned they die on them as before, so a finished or failed
-trainer can still shut its workers down. Workers already running when the hook is set keep PyTorch's
+trainer stops them itself); once it has returned they die on them as before: at interpreter exit
+multiprocessing stops leftover workers with SIGTERM and waits for them, which would hang on a worker
+that always ignored it. Workers already running when the hook is set keep PyTorch's
 handler (a warning says so; timm's loaders, the multi-epochs one included, start them on first use).
 
 torchrun (torch 2.14, measured; README "Restarts, preemption, SLURM"): on a signal it handles (SIGTERM by
