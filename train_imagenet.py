@@ -12,8 +12,11 @@ create_optimizer_v2, create_scheduler_v2, ModelEmaV3, CheckpointSaver, distribut
 
 Writes (rank 0 only) to --output/--experiment: args.yaml, summary.csv (one row per epoch: epoch,
 train_loss, eval_loss, eval_top1, eval_top5, [eval_ema_*], lr), last.pth.tar, model_best.pth.tar and
-ranked checkpoint-N.pth.tar. --resume DIR/last.pth.tar continues a run where its last epoch ended.
-Input problems stop the run with a one-line message (CLIError), not a traceback.
+ranked checkpoint-N.pth.tar. --resume DIR/last.pth.tar continues a run where its last epoch ended;
+--resume auto does that when the run's last.pth.tar exists and starts fresh otherwise (for torchrun
+--max-restarts and requeued jobs). SIGTERM or SIGUSR1 stops every rank at the next step, saves
+last.pth.tar and exits 0 (sgconvnext/training/preemption.py). Input problems stop the run with a
+one-line message (CLIError), not a traceback.
 """
 import importlib
 import logging
@@ -22,7 +25,7 @@ import os
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
-from datetime import datetime, timedelta
+from datetime import timedelta
 from functools import partial
 
 import torch
@@ -31,18 +34,19 @@ import torch.nn as nn
 from timm import utils
 from timm.data import FastCollateMixup, Mixup, create_loader, resolve_data_config
 from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.models import model_parameters, safe_model_name
+from timm.models import model_parameters
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
 import sgconvnext  # noqa: F401  (registers sgconvnext_* with timm)
 from sgconvnext.atomic import atomic_open
 from sgconvnext.training.checkpoint import (
-    CheckpointSaver, load_ema_state, load_training_checkpoint, restore_scheduler, resume_training, trim_summary)
+    CheckpointSaver, experiment_name, load_ema_state, restore_scheduler, resume_run, trim_summary)
 from sgconvnext.training.config import CLIError, parse_args, run_cli
 from sgconvnext.training.data import create_checked_dataset
 from sgconvnext.training.eval import evaluate
 from sgconvnext.training.model import create_model_checked
+from sgconvnext.training.preemption import StopOnSignal, stop_agreed
 
 _logger = logging.getLogger('train')
 
@@ -186,6 +190,11 @@ def resolve_lr(args) -> None:
 
 def main(argv=None):
     args, args_text = parse_args(argv)
+    with StopOnSignal() as stop:  # SIGTERM / SIGUSR1: stop at the next step, save, exit 0
+        train(args, args_text, stop)
+
+
+def train(args, args_text: str, stop: StopOnSignal):
     setup_logging(primary=utils.world_info_from_env()[1] == 0)  # torchrun's RANK, or SLURM's / MPI's
     for module in args.device_modules or []:
         importlib.import_module(module)
@@ -210,6 +219,8 @@ def main(argv=None):
         args.dist_bn = ''
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     loader_train, loader_eval, mixup_fn = create_loaders(args, data_config, device)
+    for loader in (loader_train, loader_eval):
+        stop.protect_loader_workers(loader)
     train_loss_fn = create_train_loss(args).to(device)
     eval_metric = args.eval_metric if loader_eval is not None else 'loss'
     if eval_metric not in ('loss', 'top1', 'top5'):
@@ -227,21 +238,17 @@ def main(argv=None):
         if amp_dtype == torch.float16:  # bfloat16 has float32's range and needs no loss scaling
             loss_scaler = utils.NativeScaler(device=device.type)
         _logger.info(f'Mixed precision: {args.amp_dtype} autocast{" with grad scaler" if loss_scaler else ""}.')
-    checkpoint, start_epoch = None, 0
-    if args.resume:
-        checkpoint = load_training_checkpoint(args.resume)
-        start_epoch = resume_training(
-            checkpoint, args.resume, model=model, model_name=args.model,
-            optimizer=None if args.no_resume_opt else optimizer,
-            loss_scaler=None if args.no_resume_opt else loss_scaler)
-    if args.start_epoch is not None:
-        start_epoch = args.start_epoch
+    run_dir = os.path.join(args.output or './output/train',
+                           experiment_name(args, args_text, img_size=data_config['input_size'][-1]))
+    checkpoint, start_epoch, resume_path = resume_run(  # every rank reads; nothing is written before this
+        args, run_dir, model=model, optimizer=None if args.no_resume_opt else optimizer,
+        loss_scaler=None if args.no_resume_opt else loss_scaler, device=device)
     model_ema = None
     if args.model_ema:  # after the resumed weights are in, before compile and DDP
         model_ema = utils.ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
                                      device='cpu' if args.model_ema_force_cpu else None)
         if checkpoint is not None:
-            load_ema_state(checkpoint, args.resume, model_ema)
+            load_ema_state(checkpoint, resume_path, model_ema)
 
     # Compile, DDP
     if args.torchcompile:
@@ -262,9 +269,7 @@ def main(argv=None):
     # Output (rank 0)
     saver, output_dir, summary_path = None, None, None
     if primary:
-        exp_name = args.experiment or '-'.join([
-            datetime.now().strftime('%Y%m%d-%H%M%S'), safe_model_name(args.model), str(data_config['input_size'][-1])])
-        output_dir = utils.get_outdir(args.output or './output/train', exp_name)
+        output_dir = utils.get_outdir(run_dir)
         with atomic_open(os.path.join(output_dir, 'args.yaml')) as f:
             f.write(args_text)
         summary_path = os.path.join(output_dir, 'summary.csv')
@@ -275,7 +280,7 @@ def main(argv=None):
             max_history=args.checkpoint_hist, lr_scheduler=lr_scheduler, scheduler_config=scheduler_config)
         if checkpoint is not None and checkpoint.get('saver') and hasattr(saver, 'load_state_dict'):
             # best metric and ranked files belong to the checkpoint's folder: a new output folder starts fresh
-            if os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), output_dir):
+            if os.path.samefile(os.path.dirname(os.path.abspath(resume_path)), output_dir):
                 saver.load_state_dict(checkpoint['saver'])
             else:
                 _logger.info(f'Resuming into a new output folder {output_dir}: checkpoint ranking starts fresh.')
@@ -299,11 +304,16 @@ def main(argv=None):
             kept = f'the last good checkpoint {last} is kept; resume from it'
         else:
             kept = 'no checkpoint was written yet'
-        train_metrics, updates = train_one_epoch(
+        train_metrics, updates, stopped = train_one_epoch(
             epoch, model, loader_train, optimizer, train_loss_fn, args, device=device, lr_scheduler=lr_scheduler,
             amp_autocast=amp_autocast, loss_scaler=loss_scaler, model_ema=model_ema, mixup_fn=mixup_fn,
-            updates_per_epoch=updates_per_epoch, kept=kept)
+            updates_per_epoch=updates_per_epoch, kept=kept, stop=stop)
         total_updates += updates
+        if stopped:  # SIGTERM / SIGUSR1 on some rank: every rank stopped after the same step
+            saved = saver.save_preempted(epoch, updates) if saver is not None and updates else 'nothing new'
+            _logger.info(f'Stopped by {", ".join(stop.received) or "a signal to another rank"} after {updates} updates '
+                         f'of epoch {epoch}; saved: {saved}. Exit status 0; resuming trains epoch {epoch} again.')
+            break
         if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
             utils.distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
         train_time = time.time() - epoch_start
@@ -334,6 +344,10 @@ def main(argv=None):
             best_metric, best_epoch = saver.save_checkpoint(epoch, metric=metric)
             _logger.info(f'Epoch {epoch} done in {time.time() - epoch_start:.1f}s (train {train_time:.1f}s): '
                          f'{eval_metric} {metric:.4f}, best {best_metric:.4f} (epoch {best_epoch}).')
+        if epoch + 1 < num_epochs and stop_agreed(stop, device, args.distributed):  # signal during eval or save
+            _logger.info(f'Stopped by {", ".join(stop.received) or "a signal to another rank"} after epoch {epoch} '
+                         f'and its checkpoint. Exiting with status 0; a resume continues at epoch {epoch + 1}.')
+            break
 
     # Every rank must have taken the same number of optimizer steps.
     counts = [total_updates]
@@ -346,8 +360,11 @@ def main(argv=None):
 
 
 def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, *, device, lr_scheduler, amp_autocast,
-                    loss_scaler, model_ema, mixup_fn, updates_per_epoch, kept):
-    """One pass over ``loader``; returns (OrderedDict(loss=mean over ranks), optimizer steps taken)."""
+                    loss_scaler, model_ema, mixup_fn, updates_per_epoch, kept, stop):
+    """One pass over ``loader``: (OrderedDict(loss=mean over ranks), optimizer steps taken, stopped early).
+
+    ``stopped``: some rank was asked to stop (``stop``, a StopOnSignal); every rank leaves after the same
+    update, and the metrics are None."""
     if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
         if getattr(loader, 'mixup_enabled', False):
             loader.mixup_enabled = False
@@ -376,11 +393,14 @@ def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, *, device, l
             with amp_autocast():
                 loss = loss_fn(model(input), target)
             # every rank must stop at the same batch: one that raised alone would leave the others in an all-reduce
-            bad = (~torch.isfinite(loss.detach())).to(torch.int32)
+            flags = torch.stack([(~torch.isfinite(loss.detach())).to(torch.int32), stop.flag(device)])
             if args.distributed:
-                dist.all_reduce(bad)  # SUM: ranks with a non-finite loss
-            if bad.item():
-                where = f'on {bad.item()} of {args.world_size} ranks' if args.distributed else f'({loss.item()})'
+                dist.all_reduce(flags)  # SUM: ranks with a non-finite loss, ranks asked to stop
+            bad, stopping = flags.tolist()
+            if stopping and batch_idx % accum == 0:  # at an update boundary: stop before this batch's step
+                return None, updates, True
+            if bad:
+                where = f'on {bad} of {args.world_size} ranks' if args.distributed else f'({loss.item()})'
                 raise CLIError(f'non-finite loss {where} at epoch {epoch}, batch {batch_idx}: stopped before '
                                f'this step; {kept}. Lower --lr (or --lr-base), add --clip-grad, or use '
                                f'--amp-dtype bfloat16 instead of float16')
@@ -425,7 +445,7 @@ def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, *, device, l
     loss_avg = losses.avg
     if args.distributed:
         loss_avg = utils.reduce_tensor(torch.tensor([loss_avg], device=device), args.world_size).item()
-    return OrderedDict(loss=loss_avg), updates
+    return OrderedDict(loss=loss_avg), updates, False
 
 
 if __name__ == '__main__':

@@ -77,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
         help='load this file as the pretrained weights (with adaptation); e.g. convnext_tiny weights for '
              'sgconvnext_tiny: a warm start that keeps the SGConv kernels at init')
     add('--initial-checkpoint', default='', metavar='PATH', help='load this checkpoint into the model after init')
-    add('--resume', default='', metavar='PATH', help='resume model, optimizer, scaler, EMA, LR schedule and epoch')
+    add('--resume', default='', metavar='PATH',
+        help='resume model, optimizer, scaler, EMA, LR schedule and epoch from PATH; auto: from the run\'s '
+             'last.pth.tar if it exists, else start fresh (without --experiment the run is named from its flags)')
     add('--no-resume-opt', action='store_true', default=False, help='do not resume optimizer / scaler state')
     add('--num-classes', type=int, default=None, metavar='N', help='number of classes (model default if None)')
     add('--gp', default=None, metavar='POOL', help='global pool type (model default if None)')
