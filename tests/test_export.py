@@ -6,9 +6,7 @@ Every comparison is against the eager model on the same weights. The ONNX and co
 import copy
 import warnings
 
-import numpy as np
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
 from timm.models import create_model

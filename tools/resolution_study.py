@@ -192,7 +192,7 @@ def report(args):
     sizes = [sized(args, s) for s in args.scales]
     base = args.img_size
     big = sized(args, max(args.scales))
-    lines = [f'| model | policy | ' + ' | '.join(f'top-1 at {s}' for s in sizes)
+    lines = ['| model | policy | ' + ' | '.join(f'top-1 at {s}' for s in sizes)
              + f' | kept at {big} (top-1 {big} / {base}) | fine-tuned at {ft_size} |',
              '|---|---|' + '---|' * (len(sizes) + 2)]
     for row in rows:

@@ -14,36 +14,13 @@ Problems the user can fix raise ``CLIError``; ``run_cli`` turns one into a singl
 import argparse
 import difflib
 import os
-import re
-import sys
 
 import yaml
 from timm.utils import ParseKwargs
 
+from ..cli import CLIError, OneLineErrorParser, run_cli
+
 __all__ = ['CLIError', 'run_cli', 'build_parser', 'parse_args', 'load_config']
-
-
-class CLIError(Exception):
-    """A problem the user can fix (bad flag, missing data, diverged run): printed as one line, no traceback."""
-
-
-def run_cli(main, argv=None) -> None:
-    """Run ``main(argv)``; a CLIError exits with one line ``PROG: error: MESSAGE`` and status 1."""
-    prog = os.path.basename(sys.argv[0]) or 'train_imagenet.py'
-    try:
-        main(argv)
-    except CLIError as e:
-        # One raised in a DataLoader worker arrives with the worker's traceback: its last line is the message.
-        lines = str(e).strip().splitlines() or [type(e).__name__]
-        message = re.sub(r'^[\w.]*Error: ', '', lines[-1])
-        sys.exit(f'{prog}: error: {message}')
-    except KeyboardInterrupt:
-        sys.exit(f'{prog}: interrupted')
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of the usage block of ~100 flags
-        raise CLIError(f'{message} (see --help)')
 
 
 def build_parser() -> argparse.ArgumentParser:
