@@ -12,7 +12,8 @@ each size policy of --policies: the same weights, kernels resampled or kept at t
 sgconvnext once per policy), validated at that size. Runs --jobs processes at a time, one thread each.
 
 Every step is an ordinary command, printed as it starts and kept in ``OUT/commands.txt``; a step whose output
-exists is not run again (delete it to redo), so an interrupted study continues where it stopped. The tables
+exists is not run again (delete it to redo), so an interrupted study continues where it stopped (training runs
+resume from their last epoch: ``--resume auto``). The tables
 (``OUT/results.md``, and the section ``resolution-study`` of --write) give top-1 per size and the share of the
 1x top-1 each model keeps.
 """
@@ -20,14 +21,9 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 from bench_utils import write_section
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from study_runner import ROOT, Steps, finished
 TRAIN_FLAGS = ['--opt', 'adamw', '--weight-decay', '0.05', '--sched', 'cosine', '--sched-on-updates', '--warmup-epochs', '1',
                '--scale', '0.35', '1', '--smoothing', '0.1', '--crop-pct', '1.0', '-b', '64', '-j', '1',
                '--device', 'cpu', '--checkpoint-hist', '1', '--log-interval', '50']
@@ -62,37 +58,6 @@ def parse_args(argv=None):
     return args
 
 
-class Steps:
-    """Runs commands (at most --jobs at a time) unless their output exists; logs each to commands.txt."""
-
-    def __init__(self, args):
-        self.args = args
-        os.makedirs(args.out, exist_ok=True)
-        self.pool = ThreadPoolExecutor(args.jobs)
-
-    def run(self, name: str, command: list, output: str):
-        def work():
-            line = 'python ' + ' '.join(os.path.relpath(c, ROOT) if os.path.isabs(c) and c.startswith(ROOT) else c
-                                        for c in command)
-            if os.path.exists(output) or self.args.dry_run:
-                print(('[done] ' if os.path.exists(output) else '[dry] ') + line, file=sys.stderr)
-                return
-            with open(os.path.join(self.args.out, 'commands.txt'), 'a') as f:
-                f.write(line + '\n')
-            print(f'[start {time.strftime("%H:%M:%S")}] {name}: {line}', file=sys.stderr, flush=True)
-            log = os.path.join(self.args.out, 'logs', f'{name}.log')
-            os.makedirs(os.path.dirname(log), exist_ok=True)
-            start = time.time()
-            with open(log, 'w') as f:
-                proc = subprocess.run([sys.executable, *command], cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
-                                      env=dict(os.environ, OMP_NUM_THREADS='1'))
-            if proc.returncode != 0:
-                raise SystemExit(f'resolution_study.py: error: step {name} failed (exit {proc.returncode}); see {log}')
-            print(f'[done {time.strftime("%H:%M:%S")}] {name} in {time.time() - start:.0f}s', file=sys.stderr,
-                  flush=True)
-        return self.pool.submit(work)
-
-
 def sized(args, scale: float) -> int:
     return int(round(args.img_size * scale))
 
@@ -100,7 +65,7 @@ def sized(args, scale: float) -> int:
 def train_command(args, model, seed, size, experiment, extra=()):
     return [os.path.join(ROOT, 'train_imagenet.py'), '--data-dir', args.data_dir, '--model', model,
             '--img-size', str(size), '--num-classes', str(args.num_classes), '--seed', str(seed),
-            *TRAIN_FLAGS, '--output', args.out, '--experiment', experiment, *extra]
+            *TRAIN_FLAGS, '--output', args.out, '--experiment', experiment, '--resume', 'auto', *extra]
 
 
 def validate_command(args, checkpoint, size, result, policy=None):
@@ -115,7 +80,7 @@ def policies_of(args, model):
 
 def main(argv=None):
     args = parse_args(argv)
-    steps = Steps(args)
+    steps = Steps(args.out, args.jobs, args.dry_run, prog='resolution_study.py')
     ft_size = sized(args, args.finetune_scale)
     pending = []
     for model in args.models:
@@ -124,7 +89,8 @@ def main(argv=None):
             last = os.path.join(args.out, run, 'last.pth.tar')
             pending.append((model, seed, run, last, steps.run(
                 run, train_command(args, model, seed, args.img_size, run, ['--epochs', str(args.epochs), '--lr',
-                                                                          str(args.lr)]), last)))
+                                                                          str(args.lr)]), last,
+                done=lambda run=run: finished(os.path.join(args.out, run), args.epochs))))
     evals = []
     for model, seed, run, last, trained in pending:
         trained.result()
@@ -141,7 +107,8 @@ def main(argv=None):
                 kwargs = ['--model-kwargs', f'sg_resize={policy}'] if policy else []
                 extra = ['--initial-checkpoint', last, '--epochs', str(args.finetune_epochs), '--lr',
                          str(args.finetune_lr), '--warmup-epochs', '0', *kwargs]
-                ft_run = steps.run(ft, train_command(args, model, seed, ft_size, ft, extra), ft_last)
+                ft_run = steps.run(ft, train_command(args, model, seed, ft_size, ft, extra), ft_last,
+                                   done=lambda ft=ft: finished(os.path.join(args.out, ft), args.finetune_epochs))
                 evals.append((ft_run, ft, ft_last, policy))
     for item in evals:
         if isinstance(item, tuple):
