@@ -20,12 +20,13 @@ import time
 import pytest
 import torch
 
-from test_train import (  # noqa: F401  (one_thread: the autouse fixture, one torch thread in-process)
-    BASE, ROOT, TRAIN, fail, load_checkpoint, one_thread, read_summary, train_args, train_script)
+from test_train import BASE, ROOT, TRAIN, fail, load_checkpoint, read_summary, train_args, train_script
 from tiny_dataset import make_image_folder
 from sgconvnext.training.checkpoint import CheckpointSaver, stable_experiment_name
 from sgconvnext.training.config import parse_args
 from sgconvnext.training.preemption import StopOnSignal
+
+pytestmark = pytest.mark.usefixtures('one_thread')  # one torch thread for the in-process runs
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', GLOO_SOCKET_IFNAME='lo')  # gloo on the loopback device only
 SLOW = ['-b', '2', '--img-size', '64', '--log-interval', '1']  # 18 steps an epoch (9 per rank with 2), 0.1-0.3 s each
@@ -194,7 +195,7 @@ def test_resume_auto_starts_fresh_then_resumes_in_the_same_folder(data_dir, tmp_
 def two_epochs(data_dir, tmp_path_factory):
     """A run folder after two epochs: last.pth.tar, checkpoint-0 and checkpoint-1, summary rows 0 and 1."""
     out, threads = tmp_path_factory.mktemp('runs'), torch.get_num_threads()
-    torch.set_num_threads(1)  # module scope: set up before the autouse one_thread fixture
+    torch.set_num_threads(1)  # module scope: set up before the one_thread fixture
     try:
         train_script.main(train_args(data_dir, out, 'two', '--epochs', '2'))
     finally:

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import make_pathfinder  # noqa: E402
 import pathfinder  # noqa: E402
 from light_cli import run_cli  # noqa: E402
+from cli_helpers import one_line_error  # noqa: E402
 
 CLASSES = ('0_disconnected', '1_connected')
 
@@ -128,11 +129,7 @@ def generate(out, *args):
 
 def fail(*argv) -> str:
     """Run the CLI in-process; it must exit with exactly one line of error."""
-    with pytest.raises(SystemExit) as exc:
-        run_cli(make_pathfinder.main, [str(a) for a in argv])
-    message = str(exc.value.code)
-    assert message.startswith(os.path.basename(sys.argv[0]) + ': error: ') and '\n' not in message, message
-    return message
+    return one_line_error(run_cli, make_pathfinder.main, *argv, prefix=os.path.basename(sys.argv[0]) + ': error: ')
 
 
 def hashes(root: str) -> dict:

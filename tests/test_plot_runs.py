@@ -13,6 +13,7 @@ sys.path.insert(0, os.path.join(ROOT, 'tools'))
 
 import plot_runs  # noqa: E402
 from light_cli import run_cli  # noqa: E402
+from cli_helpers import one_line_error  # noqa: E402
 
 HEADER = 'epoch,train_loss,eval_loss,eval_top1,eval_top5,lr\n'
 
@@ -33,11 +34,7 @@ def two_runs(tmp_path):
 
 def fail(*argv) -> str:
     """Run the CLI in-process; it must exit with exactly one line of error."""
-    with pytest.raises(SystemExit) as exc:
-        run_cli(plot_runs.main, [str(a) for a in argv])
-    message = str(exc.value.code)
-    assert ': error: ' in message and '\n' not in message, message
-    return message
+    return one_line_error(run_cli, plot_runs.main, *argv, prefix=': error: ')
 
 
 def test_writes_a_png_of_two_runs_and_a_table(two_runs, tmp_path, capsys):

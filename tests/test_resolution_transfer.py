@@ -5,38 +5,25 @@ checkpoint (--pretrained-path and --initial-checkpoint) and validated at 64 and 
 The kernels keep the 32 px geometry they were trained with all along.
 """
 import argparse
-import importlib.util
 import json
 import os
 
 import pytest
 import torch
 
+from cli_helpers import ROOT, load_script
 from sgconvnext.kernel import unpack_geometry
 from tiny_dataset import make_image_folder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE = ['--model', 'sgconvnext_atto', '-b', '4', '-j', '0', '--device', 'cpu', '--num-classes', '3', '--opt', 'adamw',
         '--lr', '1e-3', '--warmup-epochs', '0', '--log-interval', '5', '--epochs', '1']
 
 
-def _load_script(path, name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+train_script = load_script('train_imagenet.py', 'train_imagenet_for_resolution')
+validate_script = load_script(os.path.join('tools', 'validate.py'), 'validate_for_resolution')
 
 
-train_script = _load_script('train_imagenet.py', 'train_imagenet_for_resolution')
-validate_script = _load_script(os.path.join('tools', 'validate.py'), 'validate_for_resolution')
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')

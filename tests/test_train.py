@@ -6,7 +6,6 @@ kind of bad input ends in a one-line error. sgconvnext_atto at 32x32, batch 4, 3
 """
 import argparse
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -20,6 +19,7 @@ import timm
 import torch
 import yaml
 
+from cli_helpers import load_script, one_line_error
 from tiny_dataset import make_image_folder
 from sgconvnext.training.checkpoint import CheckpointSaver, trim_summary
 from sgconvnext.training.config import CLIError, parse_args, run_cli
@@ -32,23 +32,11 @@ BASE = ['--model', 'sgconvnext_atto', '--img-size', '32', '-b', '4', '-j', '0', 
         '--num-classes', '3', '--opt', 'adamw', '--lr', '1e-3', '--warmup-epochs', '0', '--log-interval', '2']
 
 
-def _load_script(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+train_script = load_script('train_imagenet.py', 'train_imagenet')
+validate_script = load_script(os.path.join('tools', 'validate.py'), 'validate_tool')
 
 
-train_script = _load_script(TRAIN, 'train_imagenet')
-validate_script = _load_script(VALIDATE, 'validate_tool')
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
@@ -77,11 +65,7 @@ def load_checkpoint(path):
 
 def fail(*argv) -> str:
     """Run the training CLI in-process; it must exit with exactly one line of error."""
-    with pytest.raises(SystemExit) as exc:
-        run_cli(train_script.main, [str(a) for a in argv])
-    message = str(exc.value.code)
-    assert 'error: ' in message and '\n' not in message, message
-    return message
+    return one_line_error(run_cli, train_script.main, *argv)
 
 
 @pytest.fixture(scope='module')
@@ -186,12 +170,12 @@ def test_torchrun_two_processes_same_steps_and_exact_eval(data_dir, tmp_path):
 
 
 NAN_ON_RANK_1 = '''
+import importlib.util
 import os, sys
 import torch
 sys.path.insert(0, {root!r})
 from sgconvnext.training.config import run_cli
 sys.argv[0] = {train!r}
-import importlib.util
 spec = importlib.util.spec_from_file_location('train_imagenet', {train!r})
 train = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(train)

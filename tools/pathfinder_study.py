@@ -24,7 +24,7 @@ import subprocess
 import sys
 
 from bench_utils import write_section
-from study_runner import ROOT, Steps, finished, summary_rows
+from study_runner import ROOT, Steps, finished, mean_sd, summary_rows
 
 TRAIN_FLAGS = ['--num-classes', '2', '--opt', 'adamw', '--weight-decay', '0.05', '--sched', 'cosine',
                '--sched-on-updates', '--warmup-epochs', '1', '--scale', '1', '1', '--ratio', '1', '1', '--hflip', '0.5',
@@ -120,14 +120,6 @@ def epoch_seconds(log_path: str) -> list:
         return [float(m.group(1)) for m in re.finditer(r'Epoch \d+ done in ([\d.]+)s', f.read())]
 
 
-def _mean_sd(values, digits=1):
-    if not values:
-        return '-'
-    if len(values) == 1:
-        return f'{values[0]:.{digits}f}'
-    return f'{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}'
-
-
 def report(args):
     results, lines = [], []
     lines += ['| size | difficulty | model | final top-1 | best top-1 | per seed (final) | s / epoch |',
@@ -153,9 +145,9 @@ def report(args):
                                         top1_per_epoch=[r['eval_top1'] for r in rows],
                                         train_loss_per_epoch=[r['train_loss'] for r in rows]))
                 per_seed = ', '.join(f'{v:.1f}' for v in finals)
-                lines.append(f'| {size} | {difficulty} | {tag} | {_mean_sd(finals)} | {_mean_sd(bests)} | {per_seed} | '
+                lines.append(f'| {size} | {difficulty} | {tag} | {mean_sd(finals, 1)} | {mean_sd(bests, 1)} | {per_seed} | '
                              f'{statistics.median(seconds):.0f} |' if seconds else
-                             f'| {size} | {difficulty} | {tag} | {_mean_sd(finals)} | {_mean_sd(bests)} | {per_seed} | - |')
+                             f'| {size} | {difficulty} | {tag} | {mean_sd(finals, 1)} | {mean_sd(bests, 1)} | {per_seed} | - |')
             if plot_dirs:
                 plot = os.path.join(args.plots, f'pathfinder_curves_{size}_{difficulty}.png')
                 proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'plot_runs.py'), *plot_dirs,

@@ -20,10 +20,9 @@ resume from their last epoch: ``--resume auto``). The tables
 import argparse
 import json
 import os
-import statistics
 
 from bench_utils import write_section
-from study_runner import ROOT, Steps, finished
+from study_runner import ROOT, Steps, finished, mean_sd
 TRAIN_FLAGS = ['--opt', 'adamw', '--weight-decay', '0.05', '--sched', 'cosine', '--sched-on-updates', '--warmup-epochs', '1',
                '--scale', '0.35', '1', '--smoothing', '0.1', '--crop-pct', '1.0', '-b', '64', '-j', '1',
                '--device', 'cpu', '--checkpoint-hist', '1', '--log-interval', '50']
@@ -127,15 +126,6 @@ def _load(path):
         return json.load(f)
 
 
-def _mean_sd(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return '-'
-    if len(values) == 1:
-        return f'{values[0]:.2f}'
-    return f'{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}'
-
-
 def report(args):
     """results.json (every number) and results.md (mean ± sd over seeds)."""
     ft_size = sized(args, args.finetune_scale)
@@ -163,12 +153,12 @@ def report(args):
              + f' | kept at {big} (top-1 {big} / {base}) | fine-tuned at {ft_size} |',
              '|---|---|' + '---|' * (len(sizes) + 2)]
     for row in rows:
-        cells = [_mean_sd([s['top1'][size] for s in row['seeds']]) for size in sizes]
+        cells = [mean_sd([s['top1'][size] for s in row['seeds']]) for size in sizes]
         kept = [100 * s['top1'][big] / s['top1'][base] for s in row['seeds']
                 if s['top1'].get(big) is not None and s['top1'].get(base)]
-        ft = _mean_sd([s['top1']['finetuned'] for s in row['seeds']])
+        ft = mean_sd([s['top1']['finetuned'] for s in row['seeds']])
         lines.append(f"| {row['model']} | {row['policy'] or '-'} | " + ' | '.join(cells)
-                     + f' | {_mean_sd(kept)} % | {ft} |')
+                     + f' | {mean_sd(kept)} % | {ft} |')
     text = '\n'.join(lines)
     with open(os.path.join(args.out, 'results.md'), 'w') as f:
         f.write(text + '\n')

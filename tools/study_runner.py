@@ -6,6 +6,7 @@ interrupted study continues where it stopped. Each command is printed as it star
 """
 import csv
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-__all__ = ['ROOT', 'Steps', 'summary_rows', 'finished']
+__all__ = ['ROOT', 'Steps', 'summary_rows', 'finished', 'mean_sd']
 
 
 class Steps:
@@ -62,3 +63,13 @@ def summary_rows(run_dir: str) -> list:
 def finished(run_dir: str, epochs: int) -> bool:
     """Whether a training run has a summary row for each of its ``epochs`` epochs."""
     return len(summary_rows(run_dir)) >= epochs
+
+
+def mean_sd(values, digits: int = 2) -> str:
+    """'mean ± sd' of the values that are not None ('-' for none; the value alone for one)."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return '-'
+    if len(values) == 1:
+        return f'{values[0]:.{digits}f}'
+    return f'{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}'
