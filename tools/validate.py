@@ -17,6 +17,8 @@ stretch, which resamples them to span the map; fixed keeps their pixel extent, z
 import csv
 import json
 import logging
+import os
+import sys
 from collections import OrderedDict
 from contextlib import nullcontext
 from functools import partial
@@ -26,14 +28,15 @@ from timm.data import create_loader, resolve_data_config
 from timm.models import clean_state_dict
 from timm.utils import FormatterNoInfo, ParseKwargs, random_seed
 
-import sgconvnext  # noqa: F401  (registers sgconvnext_* with timm)
-from sgconvnext import SGConv2d
-from sgconvnext.atomic import atomic_open
-from sgconvnext.training.checkpoint import load_checkpoint_file
-from sgconvnext.training.config import CLIError, OneLineErrorParser, run_cli
-from sgconvnext.training.data import create_checked_dataset
-from sgconvnext.training.eval import evaluate
-from sgconvnext.training.model import create_model_checked
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout: no pip install needed
+import sgconvnext  # noqa: F401,E402  (registers sgconvnext_* with timm)
+from sgconvnext import SGConv2d  # noqa: E402
+from sgconvnext.atomic import atomic_open  # noqa: E402
+from sgconvnext.training.checkpoint import load_checkpoint_file  # noqa: E402
+from sgconvnext.training.config import CLIError, OneLineErrorParser, run_cli  # noqa: E402
+from sgconvnext.training.data import create_checked_dataset  # noqa: E402
+from sgconvnext.training.eval import evaluate  # noqa: E402
+from sgconvnext.training.model import create_model_checked  # noqa: E402
 
 _logger = logging.getLogger('validate')
 
