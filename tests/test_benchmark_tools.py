@@ -205,6 +205,19 @@ def test_plot_kernels_draws_a_checkpoint_of_another_size_with_its_geometry(tmp_p
     torch.testing.assert_close(kernels, source.stages[0].blocks[0].conv_dw.materialize(16, 16).detach().double())
 
 
+@pytest.mark.parametrize('model_name', ['sgconvnext_atto', 'convnext_atto'])
+def test_plot_kernels_draws_a_checkpoint_trained_for_another_class_count(tmp_path, model_name):
+    torch.manual_seed(123)  # not build_model's seed: the drawn weights must come from the file
+    source = plot_kernels.create_model_for_size(model_name, 64, num_classes=10)  # e.g. a Fashion-MNIST run
+    path = tmp_path / 'ckpt.pth'
+    torch.save(source.state_dict(), path)
+    loaded = plot_kernels.build_model(model_name, 64, str(path))
+    for i, ((_, drawn, _), stage) in enumerate(zip(plot_kernels.stage_kernels(loaded), source.stages)):
+        mixer, side = stage.blocks[0].conv_dw, 64 // (4 * 2 ** i)  # stage i's map side at 64 px
+        expected = mixer.materialize(side, side) if isinstance(mixer, SGConv2d) else mixer.weight[:, 0]
+        torch.testing.assert_close(drawn, expected.detach().double())
+
+
 @pytest.mark.parametrize('resize', ['fixed', 'stretch'])
 def test_plot_kernels_draws_one_layer_at_several_sizes(tmp_path, resize):
     model = plot_kernels.build_model('sgconvnext_atto', 64, resize=resize)

@@ -84,10 +84,16 @@ def parse_args(argv=None):
 
 
 def build_model(name: str, img_size: int, checkpoint=None, use_ema=True, seed=0, resize=None) -> nn.Module:
+    """The model without its classifier (``num_classes=0``): a checkpoint of any class count draws the same."""
     torch.manual_seed(seed)
-    model = create_model_for_size(name, img_size, **({} if resize is None else dict(sg_resize=resize)))
+    model = create_model_for_size(name, img_size, num_classes=0,
+                                  **({} if resize is None else dict(sg_resize=resize)))
     if checkpoint:
-        timm.models.load_checkpoint(model, checkpoint, use_ema=use_ema)
+        state = timm.models.load_state_dict(checkpoint, use_ema=use_ema)
+        classifier = model.get_classifier()
+        dropped = {f'{path}.{key}' for path, module in model.named_modules() if module is classifier
+                   for key in ('weight', 'bias')}
+        model.load_state_dict({k: v for k, v in state.items() if k not in dropped})
     return model.eval()
 
 
