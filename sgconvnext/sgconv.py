@@ -33,15 +33,17 @@ BACKENDS = ('auto', 'fft', 'matmul', 'direct')
 # * direct runs through oneDNN's depthwise conv: fast forward on channels_last input (as timm's ConvNeXt
 #   blocks give it), several times slower than matmul on contiguous NCHW input, and a slow backward (the
 #   conv library's depthwise weight gradient). So it is used for inference on channels_last input only,
-#   where it beat matmul at 7 to 56 and tied at 112 and 128. Image-by-image matmul (toeplitz.py) was faster
-#   than direct on a lone 56x56 layer, but sgconvnext_tiny's inference was 3-4 % slower with it, so direct
-#   stays. With a dense upstream gradient matmul won the forward + backward at every stage size, 7 to 56,
+#   where sgconvnext_tiny's inference at 224 px (maps 7 to 56) was fastest with it: image-by-image matmul
+#   (toeplitz.py) was faster than direct on a lone 56x56 layer, but the whole model was 3-4 % slower with it.
+#   Above 64 direct loses: on lone channels_last layers matmul took 0.4-0.6x its time at 80 to 256 (0.31x at
+#   128x128x192, batch 8), a tie at 64, and sgconvnext_tiny built for 224 ran at 1024 px in 0.91x the time
+#   with matmul on the 128x128 maps of stage 1 (2026-12-01, one process, docs/BENCHMARKS.md). With a dense upstream gradient matmul won the forward + backward at every stage size, 7 to 56,
 #   in either layout.
 # * Otherwise matmul while its cost, H*W*(H+W) multiply-adds per channel, is below FFT_COST_FACTOR times
 #   n_h*n_w*log2(n_h*n_w) for the padded FFT. Matmul was faster at every square size measured, 7 to 1024
 #   (2.4x faster at 1024); the factor puts the square crossover near 2800.
 FFT_COST_FACTOR = 56.0
-DIRECT_MAX_SIDE_INFERENCE = 128
+DIRECT_MAX_SIDE_INFERENCE = 64
 
 
 def choose_backend(height: int, width: int, device: torch.device, needs_grad: bool = True,

@@ -269,6 +269,8 @@ def test_auto_backend_choice():
     assert choose_backend(7, 7, cpu, needs_grad=False, channels_last=False) == 'matmul'
     assert choose_backend(14, 14, cpu, needs_grad=True, channels_last=True) == 'matmul'
     assert choose_backend(7, 100_000, cpu) == 'fft'  # matmul's cost grows with W^2 there
+    assert choose_backend(64, 64, cpu, needs_grad=False, channels_last=True) == 'direct'
+    assert choose_backend(65, 64, cpu, needs_grad=False, channels_last=True) == 'matmul'  # direct loses above 64
     assert SGConv2d(2, 8, backend='fft').resolve_backend(56, 56, cpu) == 'fft'
 
 
