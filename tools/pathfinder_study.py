@@ -14,6 +14,8 @@ Steps (tools/study_runner.py: one command each, skipped when done, --jobs at a t
    installed) in --plots. ``OUT/results.json`` holds every number, ``OUT/results.md`` the table.
 
 A model entry may carry model kwargs after a colon: ``convnext_atto:kernel_sizes=15`` (a larger local kernel).
+A difficulty entry may carry make_pathfinder.py knobs the same way: ``easy:dashes=4,distractors=1`` is the easy
+preset with 4 dashes per curve and 1 distractor (data set ``pf{size}_easy-dashes4-distractors1``).
 """
 import argparse
 import json
@@ -32,6 +34,27 @@ TRAIN_FLAGS = ['--num-classes', '2', '--opt', 'adamw', '--weight-decay', '0.05',
                '--device', 'cpu', '--checkpoint-hist', '1', '--log-interval', '50']
 
 
+PRESETS = ('easy', 'medium', 'hard')
+KNOBS = ('dashes', 'dash_length', 'dash_gap', 'distractors', 'max_turn')  # make_pathfinder.py's --dashes ...
+
+
+def _difficulty(text: str):
+    """'easy:dashes=4,distractors=1' -> (tag 'easy-dashes4-distractors1', 'easy', ['--dashes', '4', ...])."""
+    preset, _, knobs = text.partition(':')
+    if preset not in PRESETS:
+        raise argparse.ArgumentTypeError(f'expected a preset ({", ".join(PRESETS)}) optionally followed by '
+                                         f':KNOB=VALUE,..., got {text!r}')
+    tag, flags = preset, []
+    for pair in filter(None, knobs.split(',')):
+        key, sep, value = pair.partition('=')
+        if not sep or key not in KNOBS or not re.fullmatch(r'\d+(\.\d+)?', value):
+            raise argparse.ArgumentTypeError(f'expected KNOB=NUMBER with KNOB one of {", ".join(KNOBS)}, '
+                                             f'got {pair!r} in {text!r}')
+        tag += f'-{key.replace("_", "")}{value}'
+        flags += ['--' + key.replace('_', '-'), value]
+    return tag, preset, flags
+
+
 def _size_epochs(text: str):
     size, sep, epochs = text.partition('=')
     if not sep or not size.isdigit() or not epochs.isdigit() or int(epochs) < 1:
@@ -46,7 +69,8 @@ def parse_args(argv=None):
     p.add_argument('--models', nargs='+', default=['sgconvnext_atto', 'convnext_atto'],
                    help='timm model names, each optionally NAME:KEY=VALUE,KEY=VALUE (model kwargs)')
     p.add_argument('--sizes', nargs='+', type=int, default=[64, 128])
-    p.add_argument('--difficulties', nargs='+', default=['medium', 'hard'])
+    p.add_argument('--difficulties', nargs='+', type=_difficulty, default=['medium', 'hard'], metavar='PRESET[:K=V]',
+                   help='presets, each optionally PRESET:KNOB=VALUE,... (default: medium hard)')
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
     p.add_argument('--epochs', nargs='+', type=_size_epochs, default=[(64, 10), (128, 4)], metavar='SIZE=EPOCHS')
     p.add_argument('--lr', type=float, default=1e-3)
@@ -64,6 +88,7 @@ def parse_args(argv=None):
     if missing:
         p.error(f'--epochs gives no epoch count for size {missing[0]} (expected SIZE=EPOCHS for every --sizes)')
     args.plots = args.plots or args.out
+    args.difficulties = [_difficulty(d) if isinstance(d, str) else d for d in args.difficulties]  # the defaults
     return args
 
 
@@ -84,13 +109,13 @@ def main(argv=None):
     steps = Steps(args.out, args.jobs, args.dry_run, prog='pathfinder_study.py')
     data = {}
     for size in args.sizes:
-        for difficulty in args.difficulties:
+        for difficulty, preset, knobs in args.difficulties:
             folder = os.path.join(args.data_root, f'pf{size}_{difficulty}')
             data[size, difficulty] = folder, steps.run(
                 f'data-pf{size}-{difficulty}',
                 [os.path.join(ROOT, 'tools', 'make_pathfinder.py'), '--out', folder, '--img-size', str(size),
                  '--train', str(args.train), '--val', str(args.val), '--seed', str(args.data_seed),
-                 '--difficulty', difficulty, '--workers', '1', '--quiet'],
+                 '--difficulty', preset, *knobs, '--workers', '1', '--quiet'],
                 os.path.join(folder, 'pathfinder.json'))
     runs = []
     for (size, difficulty), (folder, made) in data.items():
@@ -125,7 +150,7 @@ def report(args):
     lines += ['| size | difficulty | model | final top-1 | best top-1 | per seed (final) | s / epoch |',
               '|---|---|---|---|---|---|---|']
     for size in args.sizes:
-        for difficulty in args.difficulties:
+        for difficulty, _, _ in args.difficulties:
             plot_dirs, plot_labels = [], []
             for entry in args.models:
                 _, _, tag = model_spec(entry)
