@@ -267,6 +267,17 @@ def test_grid_picture(tmp_path):
         assert img.size == (150 + 3 * (cell + 4), rows * (cell + 4) + 4)
 
 
+def test_grid_picture_with_knobs_shows_only_the_chosen_preset_with_them(tmp_path):
+    out = tmp_path / 'grid.png'
+    make_pathfinder.main(['--grid', str(out), '--img-size', '32', '--grid-columns', '3', '--difficulty', 'easy',
+                          '--dashes', '4', '--distractors', '1'])
+    with Image.open(out) as img:
+        assert img.size == (150 + 3 * (32 * 4 + 4), 2 * (32 * 4 + 4) + 4)  # connected and disconnected rows
+        tile = np.array(img)[4:4 + 32 * 4:4, 150:150 + 32 * 4:4]  # first tile at 1 px per image pixel
+    params = pathfinder.resolve_params(32, 'easy', dashes=4, distractors=1)
+    assert np.array_equal(tile, pathfinder.make_image(params, 0, 'grid', 1))  # the seed-0 grid image of class 1
+
+
 # ----------------------------------------------------------------------------------------------- bad input
 
 @pytest.mark.parametrize('argv, expected', [

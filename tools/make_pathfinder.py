@@ -111,11 +111,13 @@ def write_dataset(out: str, p: Params, args) -> None:
         raise
 
 
-def grid_picture(img_size: int, seed: int, columns: int, overrides: dict) -> Image.Image:
-    """Samples of every preset (rows: easy connected, easy disconnected, medium ...), ``columns`` per row."""
+def grid_picture(img_size: int, seed: int, columns: int, overrides: dict, difficulty: str = 'medium') -> Image.Image:
+    """Samples of every preset (rows: easy connected, easy disconnected, medium ...), ``columns`` per row; with
+    knob ``overrides``, of ``difficulty`` with them only (the presets would differ in their labels alone)."""
     zoom = max(1, 128 // img_size)
     cell, gap, label_width, font = img_size * zoom, 4, 150, ImageFont.load_default()
-    rows = [(d, label) for d in PRESETS for label in (1, 0)]
+    knobs = any(v is not None for v in overrides.values())
+    rows = [(d, label) for d in ((difficulty,) if knobs else PRESETS) for label in (1, 0)]
     image = Image.new('L', (label_width + columns * (cell + gap), len(rows) * (cell + gap) + gap), 128)
     draw = ImageDraw.Draw(image)
     for r, (difficulty, label) in enumerate(rows):
@@ -181,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         help='largest turn per step of img_size/64 px, radians (preset, at most 1)')
     add('--workers', type=_count, default=os.cpu_count() or 1, metavar='N',
         help='processes (default: all cores; the output does not depend on it)')
-    add('--grid', metavar='PNG', help='also (or only, without --out) write a picture of samples of every preset')
+    add('--grid', metavar='PNG', help='also (or only, without --out) write a picture of samples of every preset '
+                                                     '(with knob flags: of --difficulty with them)')
     add('--grid-columns', type=_count, default=6, metavar='N', help='samples per row of --grid (default: 6)')
     add('--quiet', action='store_true', help='no progress bar')
     return p
@@ -207,7 +210,7 @@ def main(argv=None):
               f'{p.dash_length:.2f} px, gaps {p.dash_gap:.2f} px, {p.distractors} distractors) to {args.out}',
               file=sys.stderr)
     if args.grid:
-        picture = grid_picture(args.img_size, args.seed, max(1, args.grid_columns), overrides)
+        picture = grid_picture(args.img_size, args.seed, max(1, args.grid_columns), overrides, args.difficulty)
         with atomic_open(args.grid, 'wb') as f:
             picture.save(f, format='PNG', compress_level=9)
         print(f'wrote {args.grid} ({picture.width}x{picture.height})', file=sys.stderr)
