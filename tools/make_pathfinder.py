@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     add('--workers', type=_count, default=os.cpu_count() or 1, metavar='N',
         help='processes (default: all cores; the output does not depend on it)')
     add('--grid', metavar='PNG', help='also (or only, without --out) write a picture of samples of every preset '
-                                                     '(with knob flags: of --difficulty with them)')
+                                      '(with knob flags: of --difficulty with them)')
     add('--grid-columns', type=_count, default=6, metavar='N', help='samples per row of --grid (default: 6)')
     add('--quiet', action='store_true', help='no progress bar')
     return p
