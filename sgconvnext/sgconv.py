@@ -37,8 +37,8 @@ BACKENDS = ('auto', 'fft', 'matmul', 'direct')
 #   (toeplitz.py) was faster than direct on a lone 56x56 layer, but the whole model was 3-4 % slower with it.
 #   Above 64 direct loses: on lone channels_last layers matmul took 0.4-0.6x its time at 80 to 256 (0.31x at
 #   128x128x192, batch 8), a tie at 64, and sgconvnext_tiny built for 224 ran at 1024 px in 0.91x the time
-#   with matmul on the 128x128 maps of stage 1 (2026-12-01, one process, docs/BENCHMARKS.md). With a dense upstream gradient matmul won the forward + backward at every stage size, 7 to 56,
-#   in either layout.
+#   with matmul on the 128x128 maps of stage 1 (2026-12-01, one process, docs/BENCHMARKS.md). With a dense
+#   upstream gradient matmul won the forward + backward at every stage size, 7 to 56, in either layout.
 # * Otherwise matmul while its cost, H*W*(H+W) multiply-adds per channel, is below FFT_COST_FACTOR times
 #   n_h*n_w*log2(n_h*n_w) for the padded FFT. Matmul was faster at every square size measured, 7 to 1024
 #   (2.4x faster at 1024); the factor puts the square crossover near 2800.

@@ -30,12 +30,14 @@ def test_pathfinder_study_plans_data_with_knobs_and_the_same_flags_for_every_mod
     assert not os.path.exists(tmp_path / 'data')
 
 
-@pytest.mark.parametrize('difficulty', ['easy:dots=4', 'extreme', 'easy:dashes=four', 'easy:dashes'])
-def test_pathfinder_study_refuses_an_unknown_difficulty_naming_the_choices(tmp_path, capsys, difficulty):
+@pytest.mark.parametrize('difficulty, choices', [('extreme', 'easy, medium, hard'),
+                                                  ('easy:dots=4', 'dashes, dash_length, dash_gap, distractors'),
+                                                  ('easy:dashes=four', 'KNOB=NUMBER'), ('easy:dashes', 'KNOB=NUMBER')])
+def test_pathfinder_study_refuses_an_unknown_difficulty_naming_the_choices(tmp_path, capsys, difficulty, choices):
     with pytest.raises(SystemExit) as exc:
         pathfinder_study.main(['--data-root', str(tmp_path), '--out', str(tmp_path / 'out'), '--sizes', '64',
                                '--epochs', '64=1', '--difficulties', difficulty, '--dry-run'])
     assert exc.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert '--difficulties' in error and repr(difficulty) in error
-    assert ('easy, medium, hard' in error) or ('dashes, dash_length' in error)
+    assert choices in error

@@ -26,6 +26,7 @@ import subprocess
 import sys
 
 from bench_utils import write_section
+from pathfinder import PRESETS
 from study_runner import ROOT, Steps, finished, mean_sd, summary_rows
 
 TRAIN_FLAGS = ['--num-classes', '2', '--opt', 'adamw', '--weight-decay', '0.05', '--sched', 'cosine',
@@ -34,8 +35,7 @@ TRAIN_FLAGS = ['--num-classes', '2', '--opt', 'adamw', '--weight-decay', '0.05',
                '--device', 'cpu', '--checkpoint-hist', '1', '--log-interval', '50']
 
 
-PRESETS = ('easy', 'medium', 'hard')
-KNOBS = ('dashes', 'dash_length', 'dash_gap', 'distractors', 'max_turn')  # make_pathfinder.py's --dashes ...
+KNOBS = tuple(next(iter(PRESETS.values())))  # dashes, dash_length, ...: make_pathfinder.py's --dashes, --dash-length
 
 
 def _difficulty(text: str):
@@ -69,7 +69,8 @@ def parse_args(argv=None):
     p.add_argument('--models', nargs='+', default=['sgconvnext_atto', 'convnext_atto'],
                    help='timm model names, each optionally NAME:KEY=VALUE,KEY=VALUE (model kwargs)')
     p.add_argument('--sizes', nargs='+', type=int, default=[64, 128])
-    p.add_argument('--difficulties', nargs='+', type=_difficulty, default=['medium', 'hard'], metavar='PRESET[:K=V]',
+    p.add_argument('--difficulties', nargs='+', type=_difficulty, default=[_difficulty('medium'), _difficulty('hard')],
+                   metavar='PRESET[:K=V]',
                    help='presets, each optionally PRESET:KNOB=VALUE,... (default: medium hard)')
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
     p.add_argument('--epochs', nargs='+', type=_size_epochs, default=[(64, 10), (128, 4)], metavar='SIZE=EPOCHS')
@@ -88,7 +89,6 @@ def parse_args(argv=None):
     if missing:
         p.error(f'--epochs gives no epoch count for size {missing[0]} (expected SIZE=EPOCHS for every --sizes)')
     args.plots = args.plots or args.out
-    args.difficulties = [_difficulty(d) if isinstance(d, str) else d for d in args.difficulties]  # the defaults
     return args
 
 

@@ -90,10 +90,8 @@ def build_model(name: str, img_size: int, checkpoint=None, use_ema=True, seed=0,
                                   **({} if resize is None else dict(sg_resize=resize)))
     if checkpoint:
         state = timm.models.load_state_dict(checkpoint, use_ema=use_ema)
-        classifier = model.get_classifier()
-        dropped = {f'{path}.{key}' for path, module in model.named_modules() if module is classifier
-                   for key in ('weight', 'bias')}
-        model.load_state_dict({k: v for k, v in state.items() if k not in dropped})
+        classifier = model.pretrained_cfg['classifier'] + '.'  # 'head.fc.' for ConvNeXt-style models
+        model.load_state_dict({k: v for k, v in state.items() if not k.startswith(classifier)})
     return model.eval()
 
 
