@@ -10,7 +10,7 @@ import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,12 +29,16 @@ class Steps:
         """``command``: arguments to ``python``; the step counts as done when ``done()`` (default: ``output`` exists)."""
         done = done or (lambda: os.path.exists(output))
 
+        line = 'python ' + ' '.join(os.path.relpath(c, ROOT) if os.path.isabs(c) and c.startswith(ROOT) else c
+                                    for c in command)
+        if done() or self.dry_run:
+            # Answered here, not in the pool, so a dry run prints its plan in the order it was made.
+            print(('[done] ' if done() else '[dry] ') + line, file=sys.stderr)
+            finished_step = Future()
+            finished_step.set_result(None)
+            return finished_step
+
         def work():
-            line = 'python ' + ' '.join(os.path.relpath(c, ROOT) if os.path.isabs(c) and c.startswith(ROOT) else c
-                                        for c in command)
-            if done() or self.dry_run:
-                print(('[done] ' if done() else '[dry] ') + line, file=sys.stderr)
-                return
             with open(os.path.join(self.out, 'commands.txt'), 'a') as f:
                 f.write(line + '\n')
             print(f'[start {time.strftime("%H:%M:%S")}] {name}: {line}', file=sys.stderr, flush=True)
