@@ -326,6 +326,28 @@ def test_command_line_exit_status_and_progress_bar(tmp_path):
                                   'got 31 (see --help)')
 
 
+@pytest.mark.parametrize('workers', [1, 2])
+def test_sigterm_while_writing_leaves_nothing_on_disk(tmp_path, workers):
+    import signal
+    import time
+    proc = subprocess.Popen([sys.executable, TOOL, '--out', str(tmp_path / 'pf'), '--img-size', '64', '--train',
+                             '20000', '--val', '0', '--workers', str(workers), '--quiet'],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        # wait until images are being written into the temporary folder
+        while time.time() < deadline and not any(
+                f.endswith('.png') for d, _, files in os.walk(tmp_path) for f in files):
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert os.listdir(tmp_path) == []
+
+
 # ----------------------------------------------------------------------------------------------- training on it
 
 @pytest.mark.slow

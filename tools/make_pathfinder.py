@@ -9,8 +9,8 @@ holds the arguments and every resolved parameter. Images are 8-bit grayscale (mo
 black (0), nothing else. Class 1 (``1_connected``): the two markers are the two ends of one curve. Class 0
 (``0_disconnected``): they are ends of two different curves. Each split has floor(n/2) or ceil(n/2) images of
 each class (even indices are class 0, odd ones class 1). The data set is written into a temporary folder next
-to OUT and renamed onto it when complete, so OUT holds a whole data set or nothing; an existing non-empty OUT is
-refused.
+to OUT and renamed onto it when complete, so OUT holds a whole data set or nothing (on Ctrl-C or SIGTERM the
+temporary folder is removed); an existing non-empty OUT is refused.
 
 The generative process and the presets are described in tools/pathfinder.py (shown by --help too).
 """
@@ -20,8 +20,10 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 from dataclasses import asdict
 
 import numpy as np
@@ -44,6 +46,17 @@ _job = {}  # the worker's (params, seed, root), set by _init_worker
 
 def _init_worker(p: Params, seed: int, root: str) -> None:
     _job.update(p=p, seed=seed, root=root)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)  # unwinds through write_dataset, which removes its temporary folder
+
+
+def _set_sigterm(handler):
+    """The previous SIGTERM handler; signals can be handled only in the main thread, elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
 
 
 def _write_one(task) -> None:
@@ -84,6 +97,7 @@ def write_dataset(out: str, p: Params, args) -> None:
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(os.path.abspath(out))}.', suffix='.tmp')
+    previous_handler = _set_sigterm(_exit_on_sigterm)
     try:
         counts = {'train': args.train, 'val': args.val}
         for split in counts:
@@ -98,7 +112,10 @@ def write_dataset(out: str, p: Params, args) -> None:
                     _write_one(task)
                     bar.update()
             else:
+                # the workers keep SIGTERM's default action: the pool's terminate() must stop them
+                _set_sigterm(signal.SIG_DFL)
                 with multiprocessing.Pool(args.workers, _init_worker, (p, args.seed, tmp)) as pool:
+                    _set_sigterm(_exit_on_sigterm)
                     for _ in pool.imap_unordered(_write_one, todo, chunksize=16):
                         bar.update()
         with atomic_open(os.path.join(tmp, 'pathfinder.json')) as f:
@@ -109,6 +126,9 @@ def write_dataset(out: str, p: Params, args) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if previous_handler is not None:
+            _set_sigterm(previous_handler)
 
 
 def grid_picture(img_size: int, seed: int, columns: int, overrides: dict, difficulty: str = 'medium') -> Image.Image:
