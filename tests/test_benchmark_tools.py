@@ -98,6 +98,30 @@ def test_model_kwargs_reach_the_model_and_threads_are_restored():
     assert torch.get_num_threads() == threads
 
 
+def test_a_model_entry_carries_its_own_kwargs_over_the_shared_ones():
+    """One model under two size policies beside a model that takes no sg_resize, in one process."""
+    rows = benchmark.main(['--models', 'sgconvnext_atto', 'sgconvnext_atto:sg_resize=fixed,sg_kernel_dim=4',
+                           'convnext_atto', '--img-size', '64', '--build-size', '32', '--bench', 'flops',
+                           '--device', 'cpu'])
+    stretch, fixed, convnext = rows
+    assert [r['model_name'] for r in rows] == ['sgconvnext_atto', 'sgconvnext_atto', 'convnext_atto']
+    assert fixed['model'] == 'sgconvnext_atto:sg_resize=fixed,sg_kernel_dim=4'
+    assert fixed['model_kwargs'] == {'sg_resize': 'fixed', 'sg_kernel_dim': 4} and convnext['model_kwargs'] == {}
+    assert {s['resize'] for s in stretch['auto_backends']} == {'stretch'}
+    assert {s['resize'] for s in fixed['auto_backends']} == {'fixed'}
+    assert fixed['params'] < stretch['params']  # fewer sub-kernels: its own sg_kernel_dim reached the model
+    table = '\n'.join(benchmark.format_table(rows, ['flops']))
+    assert '| 64 | sgconvnext_atto:sg_resize=fixed,sg_kernel_dim=4 |' in table
+
+
+def test_shared_kwargs_reach_every_entry_and_an_entry_overrides_them():
+    args = benchmark.parse_args(['--models', 'sgconvnext_atto', 'sgconvnext_atto:sg_backend=matmul',
+                                 '--model-kwargs', 'sg_backend=fft', 'drop_path_rate=0.1'])
+    assert args.specs == {'sgconvnext_atto': ('sgconvnext_atto', {'sg_backend': 'fft', 'drop_path_rate': 0.1}),
+                          'sgconvnext_atto:sg_backend=matmul':
+                              ('sgconvnext_atto', {'sg_backend': 'matmul', 'drop_path_rate': 0.1})}
+
+
 def test_rates_keep_three_significant_digits():
     assert [benchmark._rate(v) for v in (1234.5, 109.4, 10.12, 3.251, 0.4123, 9.996)] == \
         ['1230', '109', '10.1', '3.25', '0.412', '10.0']
@@ -142,6 +166,9 @@ def test_defaults_compare_tiny_models_flops_and_inference():
     (['--section', 'x'], '--section'),
     (['--threads', '0'], '--threads must be >= 1'),
     (['--model-kwargs', 'sg_backend'], 'KEY=VALUE'),
+    (['--models', 'sgconvnext_atto:sg_backend'], "--models sgconvnext_atto:sg_backend: model kwargs are KEY=VALUE"),
+    (['--models', 'sgconvnext_atto:'], 'nothing after ":"'),
+    (['--models', 'sgconvnext_atoo:sg_resize=fixed'], "unknown model 'sgconvnext_atoo'"),
 ])
 def test_bad_arguments_give_a_one_line_error(argv, match, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -8,6 +8,7 @@
     python tools/benchmark.py --models sgconvnext_atto convnext_atto --models sgconvnext_nano convnext_nano
     python tools/benchmark.py --device cuda --amp bf16 --channels-last --compile --bench all --json rows.json
     python tools/benchmark.py --models sgconvnext_tiny --model-kwargs sg_backend=fft --bench flops  # another backend
+    python tools/benchmark.py --models sgconvnext_tiny sgconvnext_tiny:sg_resize=fixed convnext_tiny --build-size 224
     python tools/benchmark.py --bench all --threads 1 --write docs/BENCHMARKS.md --section my-run   # record a table
 
 Any timm model name works (importing sgconvnext registers the sgconvnext_* family). Models that take
@@ -26,6 +27,8 @@ Any timm model name works (importing sgconvnext registers the sgconvnext_* famil
   torch.no_grad(). Training: train mode, forward, cross-entropy on random labels, backward, SGD step.
 * Ratios in parentheses are to the first model at the same image size. --models may be given several
   times: each group is timed (interleaved) and compared (ratios to its own first model) on its own.
+* A model entry NAME:KEY=VALUE,KEY=VALUE gives that model its own timm.create_model kwargs, over
+  --model-kwargs' (so one model can be timed under two settings, or beside a model that lacks the kwarg).
 """
 import argparse
 import ast
@@ -75,8 +78,9 @@ def _kwarg(text: str):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--models', nargs='+', action='append', default=None, metavar='NAME',
-                   help='timm model names; ratios are to the first; repeat the flag for several groups '
+    p.add_argument('--models', nargs='+', action='append', default=None, metavar='NAME[:K=V,...]',
+                   help='timm model names, each optionally with its own kwargs (sgconvnext_tiny:sg_resize=fixed); '
+                        'ratios are to the first; repeat the flag for several groups '
                         '(default: sgconvnext_tiny convnext_tiny)')
     p.add_argument('--img-size', nargs='+', type=_img_size, default=[224], metavar='N',
                    help='square input sizes; several make a resolution sweep (default: 224)')
@@ -102,8 +106,18 @@ def parse_args(argv=None):
 
     args.model_kwargs = dict(args.model_kwargs)
     args.groups = args.models or [['sgconvnext_tiny', 'convnext_tiny']]
-    args.models = [name for group in args.groups for name in group]
-    unknown = [name for name in args.models if not timm.is_model(name)]
+    args.models = [entry for group in args.groups for entry in group]
+    args.specs = {}
+    for entry in args.models:
+        name, colon, own = entry.partition(':')
+        try:
+            own = dict(_kwarg(kv) for kv in own.split(',') if kv) if own else {}
+        except argparse.ArgumentTypeError as e:
+            p.error(f'--models {entry}: {e}')
+        if colon and not own:
+            p.error(f'--models {entry}: nothing after ":"; give NAME or NAME:KEY=VALUE,...')
+        args.specs[entry] = name, {**args.model_kwargs, **own}
+    unknown = [name for name, _ in args.specs.values() if not timm.is_model(name)]
     for group in args.groups:
         if len(set(group)) != len(group):
             p.error(f'--models names a model twice: {" ".join(group)}')
@@ -256,10 +270,11 @@ def time_steps(models: dict, x: torch.Tensor, mode: str, args, device: torch.dev
 def run_group(args, group: list, index: int, img_size: int, device: torch.device) -> list:
     """Rows for every model of one --models group at one image size."""
     rows, models = [], {}
-    for name in group:
+    for name in group:  # a --models entry: the model's name, with its own kwargs if any
+        model_name, model_kwargs = args.specs[name]
         log(f'[{img_size}px] {name}: building')
         try:
-            model = create_model(name, args.build_size or img_size, device, **args.model_kwargs)
+            model = create_model(model_name, args.build_size or img_size, device, **model_kwargs)
             x = example_input(model, args.batch_size, img_size, device)
             backends = auto_backends(model, x)
             if not backends:
@@ -267,7 +282,7 @@ def run_group(args, group: list, index: int, img_size: int, device: torch.device
                     model.eval()(x[:1])  # a clear error now if the model cannot take this size
         except Exception as e:  # noqa: BLE001 -- one line naming the model and size, not a traceback
             raise SystemExit(f'benchmark.py: error: {name} at --img-size {img_size}: {type(e).__name__}: {e}')
-        row = {'model': name, 'model_kwargs': args.model_kwargs, 'group': index, 'img_size': img_size,
+        row = {'model': name, 'model_name': model_name, 'model_kwargs': model_kwargs, 'group': index, 'img_size': img_size,
                'build_size': args.build_size or img_size, 'batch_size': args.batch_size,
                'device': str(device), 'amp': args.amp, 'channels_last': args.channels_last, 'compile': args.compile,
                'params': sum(p.numel() for p in model.parameters()), 'auto_backends': backends}
