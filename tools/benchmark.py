@@ -282,8 +282,8 @@ def run_group(args, group: list, index: int, img_size: int, device: torch.device
                     model.eval()(x[:1])  # a clear error now if the model cannot take this size
         except Exception as e:  # noqa: BLE001 -- one line naming the model and size, not a traceback
             raise SystemExit(f'benchmark.py: error: {name} at --img-size {img_size}: {type(e).__name__}: {e}')
-        row = {'model': name, 'model_name': model_name, 'model_kwargs': model_kwargs, 'group': index, 'img_size': img_size,
-               'build_size': args.build_size or img_size, 'batch_size': args.batch_size,
+        row = {'model': name, 'model_name': model_name, 'model_kwargs': model_kwargs, 'group': index,
+               'img_size': img_size, 'build_size': args.build_size or img_size, 'batch_size': args.batch_size,
                'device': str(device), 'amp': args.amp, 'channels_last': args.channels_last, 'compile': args.compile,
                'params': sum(p.numel() for p in model.parameters()), 'auto_backends': backends}
         row['params_m'] = row['params'] / 1e6

@@ -26,7 +26,10 @@ class Steps:
         self.pool = ThreadPoolExecutor(jobs)
 
     def run(self, name: str, command: list, output: str, done=None):
-        """``command``: arguments to ``python``; the step counts as done when ``done()`` (default: ``output`` exists)."""
+        """``command``: arguments to ``python``; the step counts as done when ``done()`` (default: ``output`` exists).
+
+        ``done()`` is asked now, when the step is planned: plan a step only once the steps it needs have finished.
+        """
         done = done or (lambda: os.path.exists(output))
 
         line = 'python ' + ' '.join(os.path.relpath(c, ROOT) if os.path.isabs(c) and c.startswith(ROOT) else c
