@@ -166,7 +166,7 @@ def test_defaults_compare_tiny_models_flops_and_inference():
     (['--section', 'x'], '--section'),
     (['--threads', '0'], '--threads must be >= 1'),
     (['--model-kwargs', 'sg_backend'], 'KEY=VALUE'),
-    (['--models', 'sgconvnext_atto:sg_backend'], "--models sgconvnext_atto:sg_backend: model kwargs are KEY=VALUE"),
+    (['--models', 'sgconvnext_atto:sg_backend'], "--models: model kwargs are KEY=VALUE pairs, got 'sg_backend' in"),
     (['--models', 'sgconvnext_atto:'], 'nothing after ":"'),
     (['--models', 'sgconvnext_atoo:sg_resize=fixed'], "unknown model 'sgconvnext_atoo'"),
 ])

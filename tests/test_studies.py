@@ -41,3 +41,15 @@ def test_pathfinder_study_refuses_an_unknown_difficulty_naming_the_choices(tmp_p
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert '--difficulties' in error and repr(difficulty) in error
     assert choices in error
+
+
+@pytest.mark.parametrize('model, expected', [('convnext_atto:kernel_sizes', "got 'kernel_sizes'"),
+                                             ('convnext_atto:', 'nothing after ":"')])
+def test_pathfinder_study_refuses_a_malformed_model_entry_before_planning(tmp_path, capsys, model, expected):
+    with pytest.raises(SystemExit) as exc:
+        pathfinder_study.main(['--data-root', str(tmp_path), '--out', str(tmp_path / 'out'), '--sizes', '64',
+                               '--epochs', '64=1', '--models', model, '--dry-run'])
+    assert exc.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert 'error: --models: ' in error and expected in error
+    assert not os.path.exists(tmp_path / 'out')

@@ -95,3 +95,15 @@ def create_model_for_size(name: str, img_size: int, **kwargs):
         if 'img_size' not in str(e):
             raise
         return timm.create_model(name, **kwargs)
+
+
+def split_model_entry(entry: str):
+    """'name:k=v,k2=v2' -> ('name', ['k=v', 'k2=v2']); 'name' -> ('name', []). ValueError on a malformed entry."""
+    name, colon, kwargs = entry.partition(':')
+    pairs = [kv for kv in kwargs.split(',') if kv]
+    if colon and not pairs:
+        raise ValueError(f'nothing after ":" in {entry!r}; give NAME or NAME:KEY=VALUE,...')
+    bad = [kv for kv in pairs if not kv.partition('=')[0].isidentifier() or '=' not in kv]
+    if bad:
+        raise ValueError(f'model kwargs are KEY=VALUE pairs, got {bad[0]!r} in {entry!r}')
+    return name, pairs

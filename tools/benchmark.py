@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from bench_utils import (command_line, create_model_for_size, describe_machine, git_revision, interleaved_medians,
-                         log, synchronize, write_section)
+                         log, split_model_entry, synchronize, write_section)
 
 import timm  # noqa: E402
 import sgconvnext  # noqa: E402,F401  (registers the sgconvnext_* models)
@@ -109,14 +109,11 @@ def parse_args(argv=None):
     args.models = [entry for group in args.groups for entry in group]
     args.specs = {}
     for entry in args.models:
-        name, colon, own = entry.partition(':')
         try:
-            own = dict(_kwarg(kv) for kv in own.split(',') if kv) if own else {}
-        except argparse.ArgumentTypeError as e:
-            p.error(f'--models {entry}: {e}')
-        if colon and not own:
-            p.error(f'--models {entry}: nothing after ":"; give NAME or NAME:KEY=VALUE,...')
-        args.specs[entry] = name, {**args.model_kwargs, **own}
+            name, pairs = split_model_entry(entry)
+        except ValueError as e:
+            p.error(f'--models: {e}')
+        args.specs[entry] = name, {**args.model_kwargs, **dict(_kwarg(kv) for kv in pairs)}
     unknown = [name for name, _ in args.specs.values() if not timm.is_model(name)]
     for group in args.groups:
         if len(set(group)) != len(group):

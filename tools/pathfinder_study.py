@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import sys
 
-from bench_utils import write_section
+from bench_utils import split_model_entry, write_section
 from pathfinder import PRESETS
 from study_runner import ROOT, Steps, finished, mean_sd, summary_rows
 
@@ -88,14 +88,18 @@ def parse_args(argv=None):
     missing = [s for s in args.sizes if s not in args.epochs]
     if missing:
         p.error(f'--epochs gives no epoch count for size {missing[0]} (expected SIZE=EPOCHS for every --sizes)')
+    for entry in args.models:
+        try:
+            split_model_entry(entry)
+        except ValueError as e:
+            p.error(f'--models: {e}')
     args.plots = args.plots or args.out
     return args
 
 
 def model_spec(entry: str):
     """'name:k=v,k2=v2' -> (name, ['k=v', 'k2=v2'], a tag for run names)."""
-    name, _, kwargs = entry.partition(':')
-    pairs = [kv for kv in kwargs.split(',') if kv]
+    name, pairs = split_model_entry(entry)
     tag = name + ''.join('-' + re.sub(r'[^\w.]+', '', kv) for kv in pairs)
     return name, pairs, tag
 
