@@ -48,15 +48,14 @@ def _init_worker(p: Params, seed: int, root: str) -> None:
     _job.update(p=p, seed=seed, root=root)
 
 
+def _init_pool_worker(p: Params, seed: int, root: str) -> None:
+    # the parent's handler is inherited; the pool's terminate() must stop a worker as it is
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _init_worker(p, seed, root)
+
+
 def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)  # unwinds through write_dataset, which removes its temporary folder
-
-
-def _set_sigterm(handler):
-    """The previous SIGTERM handler; signals can be handled only in the main thread, elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, handler)
 
 
 def _write_one(task) -> None:
@@ -97,7 +96,8 @@ def write_dataset(out: str, p: Params, args) -> None:
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f'.{os.path.basename(os.path.abspath(out))}.', suffix='.tmp')
-    previous_handler = _set_sigterm(_exit_on_sigterm)
+    handles_signals = threading.current_thread() is threading.main_thread()  # Python's rule for signal handlers
+    previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm) if handles_signals else None
     try:
         counts = {'train': args.train, 'val': args.val}
         for split in counts:
@@ -112,10 +112,7 @@ def write_dataset(out: str, p: Params, args) -> None:
                     _write_one(task)
                     bar.update()
             else:
-                # the workers keep SIGTERM's default action: the pool's terminate() must stop them
-                _set_sigterm(signal.SIG_DFL)
-                with multiprocessing.Pool(args.workers, _init_worker, (p, args.seed, tmp)) as pool:
-                    _set_sigterm(_exit_on_sigterm)
+                with multiprocessing.Pool(args.workers, _init_pool_worker, (p, args.seed, tmp)) as pool:
                     for _ in pool.imap_unordered(_write_one, todo, chunksize=16):
                         bar.update()
         with atomic_open(os.path.join(tmp, 'pathfinder.json')) as f:
@@ -127,8 +124,8 @@ def write_dataset(out: str, p: Params, args) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        if previous_handler is not None:
-            _set_sigterm(previous_handler)
+        if handles_signals:  # None: the handler was not set from Python
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous_handler is None else previous_handler)
 
 
 def grid_picture(img_size: int, seed: int, columns: int, overrides: dict, difficulty: str = 'medium') -> Image.Image:
