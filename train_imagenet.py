@@ -18,22 +18,21 @@ ranked checkpoint-N.pth.tar. --resume DIR/last.pth.tar continues a run where its
 last.pth.tar and exits 0 (sgconvnext/training/preemption.py). Input problems stop the run with a
 one-line message (CLIError), not a traceback.
 """
-import importlib
 import logging
 import math
 import os
 import time
 from collections import OrderedDict
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 from timm import utils
-from timm.data import FastCollateMixup, Mixup, create_loader, resolve_data_config
-from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.data import resolve_data_config
 from timm.models import model_parameters
 from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
@@ -43,149 +42,14 @@ from sgconvnext.atomic import atomic_open
 from sgconvnext.training.checkpoint import (
     CheckpointSaver, experiment_name, load_ema_state, restore_scheduler, resume_run, trim_summary)
 from sgconvnext.training.config import CLIError, parse_args, run_cli
-from sgconvnext.training.data import create_checked_dataset
+from sgconvnext.training.data import create_loaders
+from sgconvnext.training.distributed import check_step_counts, mean_over_ranks, setup_distributed
 from sgconvnext.training.eval import evaluate
-from sgconvnext.training.model import create_model_checked
+from sgconvnext.training.model import build_model
+from sgconvnext.training.optim import create_amp, create_train_loss, resolve_lr
 from sgconvnext.training.preemption import StopOnSignal, stop_agreed
 
 _logger = logging.getLogger('train')
-
-
-def setup_logging(primary: bool) -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(utils.FormatterNoInfo())
-    logging.basicConfig(level=logging.INFO if primary else logging.WARNING, handlers=[handler], force=True)
-
-
-def setup_device(args) -> torch.device:
-    """Pick the device (cuda when available unless --device says otherwise) and join the torchrun group."""
-    if args.device is None:
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    if args.device.startswith('cuda') and not torch.cuda.is_available():
-        raise CLIError(f'--device {args.device} but CUDA is not available here; pass --device cpu')
-    device = utils.init_distributed_device(args)  # sets args.distributed, world_size, rank, local_rank
-    if args.distributed:
-        _logger.info(f'Distributed training: {args.world_size} processes, backend {dist.get_backend()}, '
-                     f'rank 0 on {args.device}.')
-    else:
-        _logger.info(f'Training with a single process on {args.device}.')
-    return device
-
-
-def build_model(args) -> nn.Module:
-    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
-    if args.input_size:
-        img_size = tuple(args.input_size[1:])
-    else:
-        img_size = (args.img_size, args.img_size) if args.img_size else None
-    model = create_model_checked(
-        args.model,
-        pretrained=args.pretrained,
-        pretrained_path=args.pretrained_path,
-        img_size=img_size,  # sgconvnext: the kernels are sized for the training resolution
-        model_kwargs=args.model_kwargs,
-        in_chans=in_chans,
-        num_classes=args.num_classes,
-        drop_rate=args.drop,
-        drop_path_rate=args.drop_path,
-        drop_block_rate=args.drop_block,
-        global_pool=args.gp,
-        bn_momentum=args.bn_momentum,
-        bn_eps=args.bn_eps,
-        checkpoint_path=args.initial_checkpoint,
-    )
-    if args.head_init_scale is not None:
-        with torch.no_grad():
-            model.get_classifier().weight.mul_(args.head_init_scale)
-            model.get_classifier().bias.mul_(args.head_init_scale)
-    if args.head_init_bias is not None:
-        nn.init.constant_(model.get_classifier().bias, args.head_init_bias)
-    if args.num_classes is None:
-        args.num_classes = model.num_classes
-    if args.grad_checkpointing:
-        model.set_grad_checkpointing(enable=True)
-    return model
-
-
-def create_loaders(args, data_config, device):
-    """Train and eval loaders (eval is None with --val-split ''), and the Mixup fn when not in the collate."""
-    dataset_kwargs = dict(
-        class_map=args.class_map, download=args.dataset_download, batch_size=args.batch_size,
-        input_img_mode=args.input_img_mode or ('RGB' if data_config['input_size'][0] == 3 else 'L'),
-        input_key=args.input_key, target_key=args.target_key, trust_remote_code=args.dataset_trust_remote_code)
-    dataset_train = create_checked_dataset(
-        args.dataset, args.data_dir, args.train_split, is_training=True, flag='--train-split', seed=args.seed,
-        repeats=args.epoch_repeats, num_samples=args.train_num_samples, **dataset_kwargs)
-    dataset_eval = None
-    if args.val_split:
-        dataset_eval = create_checked_dataset(
-            args.dataset, args.data_dir, args.val_split, is_training=False, flag='--val-split',
-            num_samples=args.val_num_samples, **dataset_kwargs)
-    num_dataset_classes = len(getattr(getattr(dataset_train, 'reader', None), 'class_to_idx', None) or {})
-    if num_dataset_classes > args.num_classes:
-        raise CLIError(f'the training set has {num_dataset_classes} classes but {args.model} has {args.num_classes} '
-                       f'outputs; pass --num-classes {num_dataset_classes}')
-
-    mixup_fn, collate_fn = None, None
-    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
-        if args.batch_size % 2:
-            raise CLIError(f'mixup / cutmix need an even --batch-size, got {args.batch_size}')
-        mixup_args = dict(
-            mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-            prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-            label_smoothing=args.smoothing, num_classes=args.num_classes)
-        if args.prefetcher:
-            collate_fn = FastCollateMixup(**mixup_args)
-        else:
-            mixup_fn = Mixup(**mixup_args)
-
-    common = dict(mean=data_config['mean'], std=data_config['std'], pin_memory=args.pin_mem, device=device,
-                  distributed=args.distributed, use_prefetcher=args.prefetcher)
-    loader_train = create_loader(
-        dataset_train, input_size=data_config['input_size'], batch_size=args.batch_size, is_training=True,
-        no_aug=args.no_aug, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount, re_split=args.resplit,
-        train_crop_mode=args.train_crop_mode, scale=args.scale, ratio=args.ratio, hflip=args.hflip,
-        vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa, num_aug_repeats=args.aug_repeats,
-        interpolation=data_config['interpolation'] if args.no_aug or not args.train_interpolation
-        else args.train_interpolation,
-        num_workers=args.workers, worker_seeding=args.worker_seeding, collate_fn=collate_fn,
-        use_multi_epochs_loader=args.use_multi_epochs_loader, **common)
-    if len(loader_train) == 0:
-        raise CLIError(f'the training set ({len(dataset_train)} images over {args.world_size} processes) is '
-                       f'smaller than one batch of {args.batch_size}; lower --batch-size')
-    loader_eval = None
-    if dataset_eval is not None:
-        loader_eval = create_loader(
-            dataset_eval, input_size=data_config['input_size'],
-            batch_size=args.validation_batch_size or args.batch_size, is_training=False,
-            interpolation=data_config['interpolation'], crop_pct=data_config['crop_pct'],
-            num_workers=args.workers, **common)
-    return loader_train, loader_eval, mixup_fn
-
-
-def create_train_loss(args) -> nn.Module:
-    if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:  # mixup makes smoothed soft targets
-        if args.bce_loss:
-            return BinaryCrossEntropy(target_threshold=args.bce_target_thresh)
-        return SoftTargetCrossEntropy()
-    if args.smoothing:
-        if args.bce_loss:
-            return BinaryCrossEntropy(smoothing=args.smoothing, target_threshold=args.bce_target_thresh)
-        return LabelSmoothingCrossEntropy(smoothing=args.smoothing)
-    return nn.CrossEntropyLoss()
-
-
-def resolve_lr(args) -> None:
-    """--lr if given, else --lr-base scaled from --lr-base-size to the global batch (timm's rule)."""
-    global_batch = args.batch_size * args.world_size * args.grad_accum_steps
-    if args.lr is None:
-        scale = args.lr_base_scale or ('sqrt' if any(o in args.opt.lower() for o in ('ada', 'lamb')) else 'linear')
-        ratio = global_batch / args.lr_base_size
-        args.lr = args.lr_base * (ratio ** 0.5 if scale == 'sqrt' else ratio)
-        _logger.info(f'Learning rate {args.lr:.3g} = lr_base {args.lr_base:g} x ({global_batch} / {args.lr_base_size})'
-                     f'{"^0.5" if scale == "sqrt" else ""} ({scale} scaling, global batch {global_batch}).')
-    else:
-        _logger.info(f'Learning rate {args.lr:.3g} (from --lr), global batch {global_batch}.')
 
 
 def main(argv=None):
@@ -195,257 +59,320 @@ def main(argv=None):
 
 
 def train(args, args_text: str, stop: StopOnSignal):
-    setup_logging(primary=utils.world_info_from_env()[1] == 0)  # torchrun's RANK, or SLURM's / MPI's
-    for module in args.device_modules or []:
-        importlib.import_module(module)
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    args.prefetcher = not args.no_prefetcher
-    args.grad_accum_steps = max(1, args.grad_accum_steps)
-    args.data_dir = args.data_dir or args.data
-    device = setup_device(args)
-    primary = utils.is_primary(args)
-    utils.random_seed(args.seed, args.rank)
+    """Set up, then train epoch after epoch: each phase is one call, in the order it runs."""
+    device = setup_distributed(args)
+    model, data_config = create_model(args, device)
+    loader_train, loader_eval, mixup_fn = create_loaders(args, data_config, device)
+    for loader in (loader_train, loader_eval):
+        stop.protect_loader_workers(loader)
+    loss_fn = create_train_loss(args).to(device)
+    eval_metric = args.eval_metric if loader_eval is not None else 'loss'
+    if eval_metric not in ('loss', 'top1', 'top5'):
+        raise CLIError(f"--eval-metric must be loss, top1 or top5, got '{args.eval_metric}'")
+    resolve_lr(args)
+    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+    amp_autocast, loss_scaler = create_amp(args, device)
 
-    # Model, data, loss
+    run_dir = os.path.join(args.output or './output/train',
+                           experiment_name(args, args_text, img_size=data_config['input_size'][-1]))
+    checkpoint, start_epoch, resume_path = resume_run(  # every rank reads; nothing is written before this
+        args, run_dir, model=model, optimizer=None if args.no_resume_opt else optimizer,
+        loss_scaler=None if args.no_resume_opt else loss_scaler, device=device)
+    model_ema = create_ema(args, model, checkpoint, resume_path)  # the resumed weights, before compile and DDP
+    model, eval_model = wrap_model(args, model, device)
+    run = Run(args=args, device=device, stop=stop, model=model, eval_model=eval_model, model_ema=model_ema,
+              loader_train=loader_train, loader_eval=loader_eval, mixup_fn=mixup_fn, loss_fn=loss_fn,
+              eval_metric=eval_metric, optimizer=optimizer, amp_autocast=amp_autocast, loss_scaler=loss_scaler)
+    scheduler_config, num_epochs = create_schedule(run, checkpoint, start_epoch)
+    if utils.is_primary(args):
+        prepare_output(run, run_dir, args_text, scheduler_config, checkpoint, resume_path, start_epoch, num_epochs)
+    if start_epoch >= num_epochs:
+        _logger.info(f'Nothing to train: the run starts at epoch {start_epoch} and has {num_epochs} epochs.')
+    del checkpoint
+    total_updates = train_epochs(run, start_epoch, num_epochs)
+    check_step_counts(args, device, total_updates)
+
+
+# ----------------------------------------------------------------------------------------------------- set-up
+
+def create_model(args, device: torch.device):
+    """(model on ``device`` in its memory format, SyncBatchNorm'd when asked; the data config it implies)."""
     model = build_model(args)
     _logger.info(f'Model {args.model} created, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters.')
-    data_config = resolve_data_config(vars(args), model=model, verbose=primary)
+    data_config = resolve_data_config(vars(args), model=model, verbose=utils.is_primary(args))
     model.to(device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
     if args.distributed and args.sync_bn:
         args.dist_bn = ''
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    loader_train, loader_eval, mixup_fn = create_loaders(args, data_config, device)
-    for loader in (loader_train, loader_eval):
-        stop.protect_loader_workers(loader)
-    train_loss_fn = create_train_loss(args).to(device)
-    eval_metric = args.eval_metric if loader_eval is not None else 'loss'
-    if eval_metric not in ('loss', 'top1', 'top5'):
-        raise CLIError(f"--eval-metric must be loss, top1 or top5, got '{args.eval_metric}'")
+    return model, data_config
 
-    # Optimizer, mixed precision, resume, EMA
-    resolve_lr(args)
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
-    amp_autocast, loss_scaler = nullcontext, None
-    if args.amp:
-        if args.amp_dtype not in ('float16', 'bfloat16'):
-            raise CLIError(f"--amp-dtype must be float16 or bfloat16, got '{args.amp_dtype}'")
-        amp_dtype = getattr(torch, args.amp_dtype)
-        amp_autocast = partial(torch.autocast, device_type=device.type, dtype=amp_dtype)
-        if amp_dtype == torch.float16:  # bfloat16 has float32's range and needs no loss scaling
-            loss_scaler = utils.NativeScaler(device=device.type)
-        _logger.info(f'Mixed precision: {args.amp_dtype} autocast{" with grad scaler" if loss_scaler else ""}.')
-    run_dir = os.path.join(args.output or './output/train',
-                           experiment_name(args, args_text, img_size=data_config['input_size'][-1]))
-    checkpoint, start_epoch, resume_path = resume_run(  # every rank reads; nothing is written before this
-        args, run_dir, model=model, optimizer=None if args.no_resume_opt else optimizer,
-        loss_scaler=None if args.no_resume_opt else loss_scaler, device=device)
-    model_ema = None
-    if args.model_ema:  # after the resumed weights are in, before compile and DDP
-        model_ema = utils.ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
-                                     device='cpu' if args.model_ema_force_cpu else None)
-        if checkpoint is not None:
-            load_ema_state(checkpoint, resume_path, model_ema)
 
-    # Compile, DDP
+def create_ema(args, model: nn.Module, checkpoint: Optional[dict], resume_path: Optional[str]):
+    """timm's ModelEmaV3 of the (resumed) weights, its own state restored on resume; None without --model-ema."""
+    if not args.model_ema:
+        return None
+    model_ema = utils.ModelEmaV3(model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup,
+                                 device='cpu' if args.model_ema_force_cpu else None)
+    if checkpoint is not None:
+        load_ema_state(checkpoint, resume_path, model_ema)
+    return model_ema
+
+
+def wrap_model(args, model: nn.Module, device: torch.device):
+    """(the model to train: compiled and wrapped in DDP as asked; the plain module to evaluate)."""
     if args.torchcompile:
         model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
     if args.distributed:
         ddp_kwargs = dict(broadcast_buffers=False) if args.no_ddp_bb else {}  # torch's default: broadcast
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device] if device.type == 'cuda' else None, **ddp_kwargs)
-    eval_model = model.module if args.distributed else model
+    return model, model.module if args.distributed else model
 
-    # LR schedule
-    updates_per_epoch = (len(loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
-    sched_kwargs = scheduler_kwargs(args, decreasing_metric=eval_metric == 'loss')
-    lr_scheduler, num_epochs = create_scheduler_v2(optimizer, **sched_kwargs, updates_per_epoch=updates_per_epoch)
-    scheduler_config = dict(sched_kwargs, updates_per_epoch=updates_per_epoch)
-    restore_scheduler(checkpoint, lr_scheduler, scheduler_config, start_epoch, updates_per_epoch, args.sched_on_updates)
 
-    # Output (rank 0)
-    saver, output_dir, summary_path = None, None, None
-    if primary:
-        output_dir = utils.get_outdir(run_dir)
-        with atomic_open(os.path.join(output_dir, 'args.yaml')) as f:
-            f.write(args_text)
-        summary_path = os.path.join(output_dir, 'summary.csv')
-        trim_summary(summary_path, start_epoch)
-        saver = CheckpointSaver(
-            model=model, optimizer=optimizer, args=args, model_ema=model_ema, amp_scaler=loss_scaler,
-            checkpoint_dir=output_dir, recovery_dir=output_dir, decreasing=eval_metric == 'loss',
-            max_history=args.checkpoint_hist, lr_scheduler=lr_scheduler, scheduler_config=scheduler_config)
-        if checkpoint is not None and checkpoint.get('saver') and hasattr(saver, 'load_state_dict'):
-            # best metric and ranked files belong to the checkpoint's folder: a new output folder starts fresh
-            if os.path.samefile(os.path.dirname(os.path.abspath(resume_path)), output_dir):
-                saver.load_state_dict(checkpoint['saver'])
-            else:
-                _logger.info(f'Resuming into a new output folder {output_dir}: checkpoint ranking starts fresh.')
-        _logger.info(f'Output: {output_dir}. Epochs {start_epoch}..{num_epochs - 1}, {updates_per_epoch} '
-                     f'updates of {args.batch_size * args.world_size * args.grad_accum_steps} images each.')
-    if start_epoch >= num_epochs:
-        _logger.info(f'Nothing to train: the run starts at epoch {start_epoch} and has {num_epochs} epochs.')
-    del checkpoint
+@dataclass
+class Run:
+    """What the epoch loop works with, made by train()'s set-up phases."""
+    args: Any
+    device: torch.device
+    stop: StopOnSignal
+    model: nn.Module  # compiled / DDP-wrapped as asked
+    eval_model: nn.Module
+    model_ema: Optional[utils.ModelEmaV3]
+    loader_train: Any
+    loader_eval: Any  # None with --val-split ''
+    mixup_fn: Optional[Callable]  # None when mixup runs in the loader's collate, or not at all
+    loss_fn: nn.Module
+    eval_metric: str
+    optimizer: torch.optim.Optimizer
+    amp_autocast: Callable
+    loss_scaler: Any
+    lr_scheduler: Any = None
+    updates_per_epoch: int = 0
+    saver: Optional[CheckpointSaver] = None  # rank 0 only, like the two paths below
+    output_dir: Optional[str] = None
+    summary_path: Optional[str] = None
 
-    # Train
+
+def create_schedule(run: Run, checkpoint: Optional[dict], start_epoch: int):
+    """timm's LR schedule over the run's updates, restored to ``start_epoch``: (its config, number of epochs)."""
+    args = run.args
+    run.updates_per_epoch = (len(run.loader_train) + args.grad_accum_steps - 1) // args.grad_accum_steps
+    sched_kwargs = scheduler_kwargs(args, decreasing_metric=run.eval_metric == 'loss')
+    run.lr_scheduler, num_epochs = create_scheduler_v2(
+        run.optimizer, **sched_kwargs, updates_per_epoch=run.updates_per_epoch)
+    scheduler_config = dict(sched_kwargs, updates_per_epoch=run.updates_per_epoch)
+    restore_scheduler(checkpoint, run.lr_scheduler, scheduler_config, start_epoch, run.updates_per_epoch,
+                      args.sched_on_updates)
+    return scheduler_config, num_epochs
+
+
+def prepare_output(run: Run, run_dir: str, args_text: str, scheduler_config: dict, checkpoint: Optional[dict],
+                   resume_path: Optional[str], start_epoch: int, num_epochs: int) -> None:
+    """Rank 0: the run folder, args.yaml, summary.csv trimmed to ``start_epoch`` and the checkpoint saver."""
+    args = run.args
+    run.output_dir = utils.get_outdir(run_dir)
+    with atomic_open(os.path.join(run.output_dir, 'args.yaml')) as f:
+        f.write(args_text)
+    run.summary_path = os.path.join(run.output_dir, 'summary.csv')
+    trim_summary(run.summary_path, start_epoch)
+    run.saver = CheckpointSaver(
+        model=run.model, optimizer=run.optimizer, args=args, model_ema=run.model_ema, amp_scaler=run.loss_scaler,
+        checkpoint_dir=run.output_dir, recovery_dir=run.output_dir, decreasing=run.eval_metric == 'loss',
+        max_history=args.checkpoint_hist, lr_scheduler=run.lr_scheduler, scheduler_config=scheduler_config)
+    if checkpoint is not None and checkpoint.get('saver') and hasattr(run.saver, 'load_state_dict'):
+        # best metric and ranked files belong to the checkpoint's folder: a new output folder starts fresh
+        if os.path.samefile(os.path.dirname(os.path.abspath(resume_path)), run.output_dir):
+            run.saver.load_state_dict(checkpoint['saver'])
+        else:
+            _logger.info(f'Resuming into a new output folder {run.output_dir}: checkpoint ranking starts fresh.')
+    _logger.info(f'Output: {run.output_dir}. Epochs {start_epoch}..{num_epochs - 1}, {run.updates_per_epoch} '
+                 f'updates of {args.batch_size * args.world_size * args.grad_accum_steps} images each.')
+
+
+# ------------------------------------------------------------------------------------------------ the epochs
+
+def train_epochs(run: Run, start_epoch: int, num_epochs: int) -> int:
+    """Train, evaluate and save each epoch until the last or a stop signal; the optimizer steps taken."""
+    args, stop = run.args, run.stop
     total_updates = 0
     for epoch in range(start_epoch, num_epochs):
         epoch_start = time.time()
-        for obj in (loader_train.dataset, getattr(loader_train, 'sampler', None)):
+        for obj in (run.loader_train.dataset, getattr(run.loader_train, 'sampler', None)):
             if hasattr(obj, 'set_epoch'):
                 obj.set_epoch(epoch)
-        last = os.path.join(output_dir, 'last.pth.tar') if output_dir else None
-        if not primary:
-            kept = "rank 0's checkpoints are kept"
-        elif os.path.exists(last):
-            kept = f'the last good checkpoint {last} is kept; resume from it'
-        else:
-            kept = 'no checkpoint was written yet'
-        train_metrics, updates, stopped = train_one_epoch(
-            epoch, model, loader_train, optimizer, train_loss_fn, args, device=device, lr_scheduler=lr_scheduler,
-            amp_autocast=amp_autocast, loss_scaler=loss_scaler, model_ema=model_ema, mixup_fn=mixup_fn,
-            updates_per_epoch=updates_per_epoch, kept=kept, stop=stop)
+        kept = kept_checkpoint(run)
+        train_metrics, updates, stopped = train_one_epoch(run, epoch, kept)
         total_updates += updates
         if stopped:  # SIGTERM / SIGUSR1 on some rank: every rank stopped after the same step
-            saved = saver.save_preempted(epoch, updates) if saver is not None and updates else 'nothing new'
+            saved = run.saver.save_preempted(epoch, updates) if run.saver is not None and updates else 'nothing new'
             _logger.info(f'Stopped by {", ".join(stop.received) or "a signal to another rank"} after {updates} updates '
                          f'of epoch {epoch}; saved: {saved}. Exit status 0; resuming trains epoch {epoch} again.')
             break
         if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-            utils.distribute_bn(model, args.world_size, args.dist_bn == 'reduce')
+            utils.distribute_bn(run.model, args.world_size, args.dist_bn == 'reduce')
         train_time = time.time() - epoch_start
-
-        eval_metrics = None
-        if loader_eval is not None:
-            eval_args = dict(amp_autocast=amp_autocast, channels_last=args.channels_last,
-                             log_interval=args.log_interval, verbose=primary, distributed=args.distributed)
-            eval_metrics = evaluate(eval_model, loader_eval, device, **eval_args)
-            if model_ema is not None and not args.model_ema_force_cpu:
-                if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
-                    utils.distribute_bn(model_ema, args.world_size, args.dist_bn == 'reduce')
-                ema_metrics = evaluate(model_ema.module, loader_eval, device, log_name='Test (EMA)', **eval_args)
-                eval_metrics.update((f'ema_{k}', v) for k, v in ema_metrics.items())
-        ranked = eval_metrics or train_metrics
-        metric = ranked.get(f'ema_{eval_metric}', ranked[eval_metric])
-        if not all(math.isfinite(v) for v in [*train_metrics.values(), *(eval_metrics or {}).values()]):
-            raise CLIError(f'non-finite metrics after epoch {epoch} ({dict(train_metrics, **(eval_metrics or {}))}): '
-                           f'stopped without saving; {kept}. Lower --lr or add --clip-grad')
-
-        lrs = [group['lr'] for group in optimizer.param_groups]
-        lr = sum(lrs) / len(lrs)
-        if lr_scheduler is not None:
-            lr_scheduler.step(epoch + 1, metric)  # before saving: a checkpoint holds the state for the next epoch
-        if saver is not None:  # summary row first: a kill between the two is undone by trim_summary on resume
-            utils.update_summary(epoch, train_metrics, eval_metrics, filename=summary_path, lr=lr,
-                                 write_header=not os.path.exists(summary_path) or os.path.getsize(summary_path) == 0)
-            best_metric, best_epoch = saver.save_checkpoint(epoch, metric=metric)
-            _logger.info(f'Epoch {epoch} done in {time.time() - epoch_start:.1f}s (train {train_time:.1f}s): '
-                         f'{eval_metric} {metric:.4f}, best {best_metric:.4f} (epoch {best_epoch}).')
-        if epoch + 1 < num_epochs and stop_agreed(stop, device, args.distributed):  # signal during eval or save
+        eval_metrics = evaluate_epoch(run)
+        end_epoch(run, epoch, train_metrics, eval_metrics, kept, epoch_start, train_time)
+        if epoch + 1 < num_epochs and stop_agreed(stop, run.device, args.distributed):  # signal during eval or save
             _logger.info(f'Stopped by {", ".join(stop.received) or "a signal to another rank"} after epoch {epoch} '
                          f'and its checkpoint. Exiting with status 0; a resume continues at epoch {epoch + 1}.')
             break
-
-    # Every rank must have taken the same number of optimizer steps.
-    counts = [total_updates]
-    if args.distributed:
-        gathered = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(args.world_size)]
-        dist.all_gather(gathered, torch.tensor([total_updates], dtype=torch.int64, device=device))
-        counts = [int(t.item()) for t in gathered]
-        dist.destroy_process_group()
-    _logger.info(f'Optimizer steps per rank: {counts}')
+    return total_updates
 
 
-def train_one_epoch(epoch, model, loader, optimizer, loss_fn, args, *, device, lr_scheduler, amp_autocast,
-                    loss_scaler, model_ema, mixup_fn, updates_per_epoch, kept, stop):
-    """One pass over ``loader``: (OrderedDict(loss=mean over ranks), optimizer steps taken, stopped early).
+def kept_checkpoint(run: Run) -> str:
+    """What a failure in this epoch leaves behind, for its error message."""
+    last = os.path.join(run.output_dir, 'last.pth.tar') if run.output_dir else None
+    if not utils.is_primary(run.args):
+        return "rank 0's checkpoints are kept"
+    if os.path.exists(last):
+        return f'the last good checkpoint {last} is kept; resume from it'
+    return 'no checkpoint was written yet'
 
-    ``stopped``: some rank was asked to stop (``stop``, a StopOnSignal); every rank leaves after the same
-    update, and the metrics are None."""
+
+def evaluate_epoch(run: Run) -> Optional[OrderedDict]:
+    """Eval metrics of the model and, with EMA, ``ema_*`` ones of its EMA weights; None without a val set."""
+    if run.loader_eval is None:
+        return None
+    args = run.args
+    eval_args = dict(amp_autocast=run.amp_autocast, channels_last=args.channels_last,
+                     log_interval=args.log_interval, verbose=utils.is_primary(args), distributed=args.distributed)
+    eval_metrics = evaluate(run.eval_model, run.loader_eval, run.device, **eval_args)
+    if run.model_ema is not None and not args.model_ema_force_cpu:
+        if args.distributed and args.dist_bn in ('broadcast', 'reduce'):
+            utils.distribute_bn(run.model_ema, args.world_size, args.dist_bn == 'reduce')
+        ema_metrics = evaluate(run.model_ema.module, run.loader_eval, run.device, log_name='Test (EMA)', **eval_args)
+        eval_metrics.update((f'ema_{k}', v) for k, v in ema_metrics.items())
+    return eval_metrics
+
+
+def end_epoch(run: Run, epoch: int, train_metrics, eval_metrics, kept: str, epoch_start: float,
+              train_time: float) -> None:
+    """Check the metrics, step the LR schedule and (rank 0) write the summary row and the checkpoints."""
+    ranked = eval_metrics or train_metrics
+    metric = ranked.get(f'ema_{run.eval_metric}', ranked[run.eval_metric])
+    if not all(math.isfinite(v) for v in [*train_metrics.values(), *(eval_metrics or {}).values()]):
+        raise CLIError(f'non-finite metrics after epoch {epoch} ({dict(train_metrics, **(eval_metrics or {}))}): '
+                       f'stopped without saving; {kept}. Lower --lr or add --clip-grad')
+    lrs = [group['lr'] for group in run.optimizer.param_groups]
+    lr = sum(lrs) / len(lrs)
+    if run.lr_scheduler is not None:
+        run.lr_scheduler.step(epoch + 1, metric)  # before saving: a checkpoint holds the state for the next epoch
+    if run.saver is None:
+        return
+    # summary row first: a kill between the two is undone by trim_summary on resume
+    utils.update_summary(epoch, train_metrics, eval_metrics, filename=run.summary_path, lr=lr,
+                         write_header=not os.path.exists(run.summary_path) or os.path.getsize(run.summary_path) == 0)
+    best_metric, best_epoch = run.saver.save_checkpoint(epoch, metric=metric)
+    _logger.info(f'Epoch {epoch} done in {time.time() - epoch_start:.1f}s (train {train_time:.1f}s): '
+                 f'{run.eval_metric} {metric:.4f}, best {best_metric:.4f} (epoch {best_epoch}).')
+
+
+# -------------------------------------------------------------------------------------------------- one epoch
+
+def train_one_epoch(run: Run, epoch: int, kept: str):
+    """One pass over the training loader: (OrderedDict(loss=mean over ranks), optimizer steps taken, stopped).
+
+    ``stopped``: some rank was asked to stop (``run.stop``, a StopOnSignal); every rank leaves after the same
+    update, and the metrics are None. ``kept`` says what a non-finite loss leaves behind."""
+    args, loader = run.args, run.loader_train
     if args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
         if getattr(loader, 'mixup_enabled', False):
             loader.mixup_enabled = False
-        if mixup_fn is not None:
-            mixup_fn.mixup_enabled = False
-    model.train()
+        if run.mixup_fn is not None:
+            run.mixup_fn.mixup_enabled = False
+    run.model.train()
     accum = args.grad_accum_steps
     num_batches = len(loader)
     last_group_start = num_batches - num_batches % accum  # batches from here on form a shorter last group
-    clip_params = list(model_parameters(model, exclude_head='agc' in args.clip_mode)) if args.clip_grad else None
+    clip_params = list(model_parameters(run.model, exclude_head='agc' in args.clip_mode)) if args.clip_grad else None
     losses = utils.AverageMeter()
-    num_updates, updates = epoch * updates_per_epoch, 0
-    epoch_start = window_start = time.time()
-    window_samples = 0
-    optimizer.zero_grad()
+    progress = Progress(run, epoch)
+    num_updates, updates = epoch * run.updates_per_epoch, 0
+    run.optimizer.zero_grad()
     for batch_idx, (input, target) in enumerate(loader):
         need_update = (batch_idx + 1) % accum == 0 or batch_idx == num_batches - 1
         group = accum if batch_idx < last_group_start else num_batches - last_group_start
-        input, target = input.to(device, non_blocking=True), target.to(device, non_blocking=True)
-        if mixup_fn is not None:
-            input, target = mixup_fn(input, target)
+        input, target = input.to(run.device, non_blocking=True), target.to(run.device, non_blocking=True)
+        if run.mixup_fn is not None:
+            input, target = run.mixup_fn(input, target)
         if args.channels_last:
             input = input.contiguous(memory_format=torch.channels_last)
-
-        with model.no_sync() if args.distributed and not need_update else nullcontext():
-            with amp_autocast():
-                loss = loss_fn(model(input), target)
-            # every rank must stop at the same batch: one that raised alone would leave the others in an all-reduce
-            flags = torch.stack([(~torch.isfinite(loss.detach())).to(torch.int32), stop.flag(device)])
-            if args.distributed:
-                dist.all_reduce(flags)  # SUM: ranks with a non-finite loss, ranks asked to stop
-            bad, stopping = flags.tolist()
-            if stopping and batch_idx % accum == 0:  # at an update boundary: stop before this batch's step
-                return None, updates, True
-            if bad:
-                where = f'on {bad} of {args.world_size} ranks' if args.distributed else f'({loss.item()})'
-                raise CLIError(f'non-finite loss {where} at epoch {epoch}, batch {batch_idx}: stopped before '
-                               f'this step; {kept}. Lower --lr (or --lr-base), add --clip-grad, or use '
-                               f'--amp-dtype bfloat16 instead of float16')
-            loss_value = loss.item()
-            if loss_scaler is not None:
-                loss_scaler(loss / group, optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
-                            parameters=clip_params, need_update=need_update)
-            else:
-                (loss / group).backward()
-                if need_update:
-                    if args.clip_grad is not None:
-                        utils.dispatch_clip_grad(clip_params, value=args.clip_grad, mode=args.clip_mode)
-                    optimizer.step()
+        loss_value = train_step(run, input, target, group, need_update, clip_params, epoch, batch_idx, kept)
+        if loss_value is None:  # asked to stop, at an update boundary: before this batch's step
+            return None, updates, True
         losses.update(loss_value, input.size(0))
-        window_samples += input.size(0) * args.world_size
+        progress.samples += input.size(0) * args.world_size
         if not need_update:
             continue
-
-        optimizer.zero_grad()
+        run.optimizer.zero_grad()
         num_updates += 1
         updates += 1
-        if model_ema is not None:
-            model_ema.update(utils.unwrap_model(model), step=num_updates)
+        if run.model_ema is not None:
+            run.model_ema.update(utils.unwrap_model(run.model), step=num_updates)
         update_idx = batch_idx // accum
         if update_idx % args.log_interval == 0 or batch_idx == num_batches - 1:
-            now = time.time()
-            loss_avg = losses.avg
-            if args.distributed:
-                loss_avg = utils.reduce_tensor(torch.tensor([loss_avg], device=device), args.world_size).item()
-            lrs = [g['lr'] for g in optimizer.param_groups]
-            eta = (now - epoch_start) / updates * (updates_per_epoch - updates)
-            done = 100 * (update_idx + 1) / updates_per_epoch
-            _logger.info(
-                f'Train: {epoch} [{update_idx:>4d}/{updates_per_epoch} ({done:>3.0f}%)]  '
-                f'Loss: {loss_value:#.3g} ({loss_avg:#.3g})  LR: {sum(lrs) / len(lrs):.3e}  '
-                f'{window_samples / max(now - window_start, 1e-9):>7.1f} img/s  '
-                f'ETA (epoch): {timedelta(seconds=round(eta))}')
-            window_start, window_samples = now, 0
-        if lr_scheduler is not None:
-            lr_scheduler.step_update(num_updates=num_updates, metric=losses.avg)
+            progress.log(update_idx, updates, loss_value, losses.avg)
+        if run.lr_scheduler is not None:
+            run.lr_scheduler.step_update(num_updates=num_updates, metric=losses.avg)
+    return OrderedDict(loss=mean_over_ranks(losses.avg, args, run.device)), updates, False
 
-    loss_avg = losses.avg
-    if args.distributed:
-        loss_avg = utils.reduce_tensor(torch.tensor([loss_avg], device=device), args.world_size).item()
-    return OrderedDict(loss=loss_avg), updates, False
+
+def train_step(run: Run, input, target, group: int, need_update: bool, clip_params, epoch: int, batch_idx: int,
+               kept: str) -> Optional[float]:
+    """Forward and backward of one batch (loss / ``group`` for gradient accumulation), then the optimizer step when
+    ``need_update``: the batch's loss, or None when some rank was asked to stop at an update boundary."""
+    args = run.args
+    with run.model.no_sync() if args.distributed and not need_update else nullcontext():
+        with run.amp_autocast():
+            loss = run.loss_fn(run.model(input), target)
+        # every rank must stop at the same batch: one that raised alone would leave the others in an all-reduce
+        flags = torch.stack([(~torch.isfinite(loss.detach())).to(torch.int32), run.stop.flag(run.device)])
+        if args.distributed:
+            dist.all_reduce(flags)  # SUM: ranks with a non-finite loss, ranks asked to stop
+        bad, stopping = flags.tolist()
+        if stopping and batch_idx % args.grad_accum_steps == 0:
+            return None
+        if bad:
+            where = f'on {bad} of {args.world_size} ranks' if args.distributed else f'({loss.item()})'
+            raise CLIError(f'non-finite loss {where} at epoch {epoch}, batch {batch_idx}: stopped before '
+                           f'this step; {kept}. Lower --lr (or --lr-base), add --clip-grad, or use '
+                           f'--amp-dtype bfloat16 instead of float16')
+        loss_value = loss.item()
+        if run.loss_scaler is not None:
+            run.loss_scaler(loss / group, run.optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
+                            parameters=clip_params, need_update=need_update)
+        else:
+            (loss / group).backward()
+            if need_update:
+                if args.clip_grad is not None:
+                    utils.dispatch_clip_grad(clip_params, value=args.clip_grad, mode=args.clip_mode)
+                run.optimizer.step()
+    return loss_value
+
+
+class Progress:
+    """The progress line every --log-interval updates: loss, LR, img/s since the last line, the epoch's ETA."""
+
+    def __init__(self, run: Run, epoch: int):
+        self.run, self.epoch = run, epoch
+        self.epoch_start = self.window_start = time.time()
+        self.samples = 0  # images (all ranks) since the last line
+
+    def log(self, update_idx: int, updates: int, loss_value: float, loss_avg: float) -> None:
+        run, now = self.run, time.time()
+        loss_avg = mean_over_ranks(loss_avg, run.args, run.device)
+        lrs = [g['lr'] for g in run.optimizer.param_groups]
+        eta = (now - self.epoch_start) / updates * (run.updates_per_epoch - updates)
+        done = 100 * (update_idx + 1) / run.updates_per_epoch
+        _logger.info(
+            f'Train: {self.epoch} [{update_idx:>4d}/{run.updates_per_epoch} ({done:>3.0f}%)]  '
+            f'Loss: {loss_value:#.3g} ({loss_avg:#.3g})  LR: {sum(lrs) / len(lrs):.3e}  '
+            f'{self.samples / max(now - self.window_start, 1e-9):>7.1f} img/s  '
+            f'ETA (epoch): {timedelta(seconds=round(eta))}')
+        self.window_start, self.samples = now, 0
 
 
 if __name__ == '__main__':

@@ -13,6 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, 'tools')
 sys.path.insert(0, TOOLS)
 
+import bench_report  # noqa: E402
 import benchmark  # noqa: E402
 import plot_kernels  # noqa: E402
 from sgconvnext import SGConv2d  # noqa: E402
@@ -85,7 +86,7 @@ def test_build_size_runs_one_model_at_every_size_and_reports_its_kernels(resize)
     stages = rows[1]['auto_backends']
     assert [s['map'] for s in stages] == [[16, 16], [8, 8], [4, 4], [2, 2]]
     assert [s['built'] for s in stages] == [[8, 8], [4, 4], [2, 2], [1, 1]] and {s['resize'] for s in stages} == {resize}
-    table = '\n'.join(benchmark.format_backends(rows))
+    table = '\n'.join(bench_report.format_backends(rows))
     assert f'16x16 (8x8, {resize}):' in table and '| 32 | sgconvnext_atto | 8x8: ' in table
 
 
@@ -110,7 +111,7 @@ def test_a_model_entry_carries_its_own_kwargs_over_the_shared_ones():
     assert {s['resize'] for s in stretch['auto_backends']} == {'stretch'}
     assert {s['resize'] for s in fixed['auto_backends']} == {'fixed'}
     assert fixed['params'] < stretch['params']  # fewer sub-kernels: its own sg_kernel_dim reached the model
-    table = '\n'.join(benchmark.format_table(rows, ['flops']))
+    table = '\n'.join(bench_report.format_table(rows, ['flops']))
     assert '| 64 | sgconvnext_atto:sg_resize=fixed,sg_kernel_dim=4 |' in table
 
 
@@ -123,7 +124,7 @@ def test_shared_kwargs_reach_every_entry_and_an_entry_overrides_them():
 
 
 def test_rates_keep_three_significant_digits():
-    assert [benchmark._rate(v) for v in (1234.5, 109.4, 10.12, 3.251, 0.4123, 9.996)] == \
+    assert [bench_report._rate(v) for v in (1234.5, 109.4, 10.12, 3.251, 0.4123, 9.996)] == \
         ['1230', '109', '10.1', '3.25', '0.412', '10.0']
 
 
@@ -132,7 +133,7 @@ def test_report_ratios_are_to_the_first_model_of_each_size():
                  activations_m=1.0, auto_backends=[]),
             dict(model='b', img_size=64, params_m=3.0, gmacs=0.5, gmacs_train=0.5, mixer_gmacs=None,
                  activations_m=2.0, auto_backends=[])]
-    lines = benchmark.format_table(rows, ['flops'])
+    lines = bench_report.format_table(rows, ['flops'])
     assert lines[2].startswith('| 64 | a | 2.00 (1.00) | 1.000 (1.00)')
     assert lines[3].startswith('| 64 | b | 3.00 (1.50) | 0.500 (0.50)')
     assert 'mixer' not in lines[0]
@@ -143,7 +144,7 @@ def test_model_groups_take_ratios_to_their_own_first_model():
     assert args.groups == [ATTO, ['convnext_femto', 'convnext_atto']] and len(args.models) == 4
     rows = [dict(model=m, group=g, img_size=64, params_m=p, auto_backends=[])
             for m, g, p in (('a', 0, 2.0), ('b', 0, 4.0), ('c', 1, 5.0), ('d', 1, 10.0))]
-    lines = benchmark.format_table(rows, [])
+    lines = bench_report.format_table(rows, [])
     assert [line.split('|')[3].strip() for line in lines[2:]] == ['2.00 (1.00)', '4.00 (2.00)', '5.00 (1.00)',
                                                                   '10.00 (2.00)']
 

@@ -20,8 +20,6 @@ import logging
 import os
 import sys
 from collections import OrderedDict
-from contextlib import nullcontext
-from functools import partial
 
 import torch
 from timm.data import create_loader, resolve_data_config
@@ -37,6 +35,7 @@ from sgconvnext.training.config import CLIError, OneLineErrorParser, run_cli  # 
 from sgconvnext.training.data import create_checked_dataset  # noqa: E402
 from sgconvnext.training.eval import evaluate  # noqa: E402
 from sgconvnext.training.model import create_model_checked  # noqa: E402
+from sgconvnext.training.optim import create_amp  # noqa: E402
 
 _logger = logging.getLogger('validate')
 
@@ -115,57 +114,17 @@ def _train_input_size(train_args):
 
 def main(argv=None):
     args = parser.parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(FormatterNoInfo())
-    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
-    args.data_dir = args.data_dir or args.data
-    if args.results_format not in ('json', 'csv'):
-        raise CLIError(f"--results-format must be json or csv, got '{args.results_format}'")
-    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise CLIError(f'--device {args.device} but CUDA is not available here; pass --device cpu')
-    random_seed(args.seed)
-
+    device = setup(args)
     checkpoint, train_args = _load(args.checkpoint) if args.checkpoint else (None, None)
-    model_name = args.model or (checkpoint or {}).get('arch') or getattr(train_args, 'model', None)
-    if not model_name:
-        raise CLIError('pass --model NAME (the checkpoint does not say which model it is)')
-    train_size = _train_input_size(train_args)
-    model = create_model_checked(
-        model_name,
-        pretrained=args.pretrained or not args.checkpoint,
-        img_size=train_size[1:] if train_size else None,  # sgconvnext: the size its kernels were trained for
-        model_kwargs={**(getattr(train_args, 'model_kwargs', None) or {}), **args.model_kwargs},
-        in_chans=args.in_chans or (train_size[0] if train_size else None),
-        num_classes=args.num_classes or getattr(train_args, 'num_classes', None),
-        global_pool=args.gp,
-    )
-    if checkpoint is not None:
-        try:
-            model.load_state_dict(clean_state_dict(_weights(checkpoint, args.checkpoint, args.use_ema)))
-        except (RuntimeError, ValueError) as e:
-            raise CLIError(f'{args.checkpoint} does not fit {model_name} ({" ".join(str(e).split())[:300]}); '
-                           f'pass the --model / --num-classes / --model-kwargs it was trained with') from None
+    model, model_name = load_model(args, checkpoint, train_args)
     param_count = sum(p.numel() for p in model.parameters())
-
-    # Eval preprocessing: the command line, else the training run's, else the model's defaults.
-    data_args = {k: getattr(train_args, k, None) for k in ('input_size', 'img_size', 'in_chans', 'crop_pct',
-                                                           'interpolation', 'mean', 'std')}
-    if args.img_size or args.input_size:
-        data_args.update(input_size=None, img_size=None)
-    data_args.update({k: v for k, v in vars(args).items() if k in (*data_args, 'crop_mode') and v})
-    data_config = resolve_data_config(data_args, model=model, verbose=True)
-
+    data_config = eval_data_config(args, train_args, model)
     model = model.to(device).eval()
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.torchcompile:
         model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
-    amp_autocast = nullcontext
-    if args.amp:
-        if args.amp_dtype not in ('float16', 'bfloat16'):
-            raise CLIError(f"--amp-dtype must be float16 or bfloat16, got '{args.amp_dtype}'")
-        amp_autocast = partial(torch.autocast, device_type=device.type, dtype=getattr(torch, args.amp_dtype))
+    amp_autocast, _ = create_amp(args, device)
 
     dataset = create_checked_dataset(
         args.dataset, args.data_dir, args.split, is_training=False, flag='--split', class_map=args.class_map,
@@ -200,15 +159,69 @@ def main(argv=None):
                  f'Acc@5 {results["top5"]:.3f} ({results["top5_err"]:.3f})')
     print(json.dumps(results, indent=4))
     if args.results_file:
-        if args.results_format == 'csv':
-            with atomic_open(args.results_file, 'w', newline='') as f:
-                writer = csv.DictWriter(f, fieldnames=list(results))
-                writer.writeheader()
-                writer.writerow(results)
-        else:
-            with atomic_open(args.results_file) as f:
-                json.dump(results, f, indent=4)
+        write_results(results, args.results_file, args.results_format)
     return results
+
+
+def setup(args) -> torch.device:
+    """Logging, the checks on flags that need no model, the seed; the device to run on."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(FormatterNoInfo())
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    args.data_dir = args.data_dir or args.data
+    if args.results_format not in ('json', 'csv'):
+        raise CLIError(f"--results-format must be json or csv, got '{args.results_format}'")
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise CLIError(f'--device {args.device} but CUDA is not available here; pass --device cpu')
+    random_seed(args.seed)
+    return device
+
+
+def load_model(args, checkpoint, train_args):
+    """(the model built as it was trained, with the checkpoint's model or EMA weights; its name)."""
+    model_name = args.model or (checkpoint or {}).get('arch') or getattr(train_args, 'model', None)
+    if not model_name:
+        raise CLIError('pass --model NAME (the checkpoint does not say which model it is)')
+    train_size = _train_input_size(train_args)
+    model = create_model_checked(
+        model_name,
+        pretrained=args.pretrained or not args.checkpoint,
+        img_size=train_size[1:] if train_size else None,  # sgconvnext: the size its kernels were trained for
+        model_kwargs={**(getattr(train_args, 'model_kwargs', None) or {}), **args.model_kwargs},
+        in_chans=args.in_chans or (train_size[0] if train_size else None),
+        num_classes=args.num_classes or getattr(train_args, 'num_classes', None),
+        global_pool=args.gp,
+    )
+    if checkpoint is not None:
+        try:
+            model.load_state_dict(clean_state_dict(_weights(checkpoint, args.checkpoint, args.use_ema)))
+        except (RuntimeError, ValueError) as e:
+            raise CLIError(f'{args.checkpoint} does not fit {model_name} ({" ".join(str(e).split())[:300]}); '
+                           f'pass the --model / --num-classes / --model-kwargs it was trained with') from None
+    return model, model_name
+
+
+def eval_data_config(args, train_args, model) -> dict:
+    """Eval preprocessing: the command line, else the training run's, else the model's defaults."""
+    data_args = {k: getattr(train_args, k, None) for k in ('input_size', 'img_size', 'in_chans', 'crop_pct',
+                                                           'interpolation', 'mean', 'std')}
+    if args.img_size or args.input_size:
+        data_args.update(input_size=None, img_size=None)
+    data_args.update({k: v for k, v in vars(args).items() if k in (*data_args, 'crop_mode') and v})
+    return resolve_data_config(data_args, model=model, verbose=True)
+
+
+def write_results(results: dict, path: str, results_format: str) -> None:
+    """The results as one JSON object or a one-row CSV, written whole or not at all."""
+    if results_format == 'csv':
+        with atomic_open(path, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=list(results))
+            writer.writeheader()
+            writer.writerow(results)
+    else:
+        with atomic_open(path) as f:
+            json.dump(results, f, indent=4)
 
 
 if __name__ == '__main__':

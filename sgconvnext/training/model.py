@@ -5,17 +5,20 @@
   resolution, unless ``--model-kwargs img_size=...`` sets it.
 * ``pretrained_path`` is loaded as the pretrained weights (timm's ``--pretrained-path``): for
   sgconvnext models this is how a ConvNeXt checkpoint becomes a warm start.
+* ``build_model(args)``: the model of a training run from its flags (head init, grad checkpointing).
 """
 import difflib
 import os
 from typing import Optional, Sequence
 
 import timm
+import torch
 from timm.models import model_entrypoint
+from torch import nn
 
 from .config import CLIError
 
-__all__ = ['is_sgconvnext', 'check_model_name', 'create_model_checked']
+__all__ = ['is_sgconvnext', 'check_model_name', 'create_model_checked', 'build_model']
 
 
 def is_sgconvnext(name: str) -> bool:
@@ -60,3 +63,39 @@ def create_model_checked(
     except (ValueError, RuntimeError, TypeError, FileNotFoundError) as e:
         message = ' '.join(str(e).split())
         raise CLIError(f'cannot create {name}: {message[:600]}') from None
+
+
+def build_model(args) -> nn.Module:
+    """The model train_imagenet.py trains, from its flags; sets ``args.num_classes`` when it was None."""
+    in_chans = args.in_chans or (args.input_size[0] if args.input_size else 3)
+    if args.input_size:
+        img_size = tuple(args.input_size[1:])
+    else:
+        img_size = (args.img_size, args.img_size) if args.img_size else None
+    model = create_model_checked(
+        args.model,
+        pretrained=args.pretrained,
+        pretrained_path=args.pretrained_path,
+        img_size=img_size,  # sgconvnext: the kernels are sized for the training resolution
+        model_kwargs=args.model_kwargs,
+        in_chans=in_chans,
+        num_classes=args.num_classes,
+        drop_rate=args.drop,
+        drop_path_rate=args.drop_path,
+        drop_block_rate=args.drop_block,
+        global_pool=args.gp,
+        bn_momentum=args.bn_momentum,
+        bn_eps=args.bn_eps,
+        checkpoint_path=args.initial_checkpoint,
+    )
+    if args.head_init_scale is not None:
+        with torch.no_grad():
+            model.get_classifier().weight.mul_(args.head_init_scale)
+            model.get_classifier().bias.mul_(args.head_init_scale)
+    if args.head_init_bias is not None:
+        nn.init.constant_(model.get_classifier().bias, args.head_init_bias)
+    if args.num_classes is None:
+        args.num_classes = model.num_classes
+    if args.grad_checkpointing:
+        model.set_grad_checkpointing(enable=True)
+    return model

@@ -19,7 +19,7 @@ multiprocessing stops leftover workers with SIGTERM and waits for them, which wo
 that always ignored it. Workers already running when the hook is set keep PyTorch's
 handler (a warning says so; timm's loaders, the multi-epochs one included, start them on first use).
 
-torchrun (torch 2.14, measured; README "Restarts, preemption, SLURM"): on a signal it handles (SIGTERM by
+torchrun (torch 2.14, measured; docs/training.md "Restarts, preemption, SLURM"): on a signal it handles (SIGTERM by
 default) it sends it to every worker's process group, waits up to ``--shutdown-timeout`` (30 s), SIGKILLs
 what is left, does not restart them, and exits with status 1 itself even when every worker exited 0.
 SIGUSR1 is not in its default ``--signals-to-handle``: add it (``SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1``),
