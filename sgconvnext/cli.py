@@ -1,7 +1,7 @@
 """One-line errors for the command-line tools: a problem the user can fix ends in ``PROG: error: MESSAGE``.
 
-Standard library only, so the tools that need no model (tools/make_pathfinder.py, tools/plot_runs.py) can load
-this file without importing torch (see tools/light_cli.py).
+Standard library only, so the tools that need no model (studies/pathfinder/make_pathfinder.py,
+tools/plot_runs.py) can load this file without importing torch (see tools/light_cli.py).
 """
 import argparse
 import os

@@ -1,4 +1,4 @@
-"""tools/make_pathfinder.py: labels checked from the pixels, balance, determinism, bad input, training on it.
+"""studies/pathfinder/make_pathfinder.py: labels from the pixels, balance, determinism, bad input, training on it.
 
 The checker works only from a written PNG and the numbers pathfinder.json documents (stroke width, the largest
 pixel distance across a dash gap, the clearance between curves); it knows nothing of the generator's curves:
@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOOL = os.path.join(ROOT, 'tools', 'make_pathfinder.py')
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
+TOOL = os.path.join(ROOT, 'studies', 'pathfinder', 'make_pathfinder.py')
+sys.path[:0] = [os.path.join(ROOT, 'studies', 'pathfinder'), os.path.join(ROOT, 'tools')]
 
 import make_pathfinder  # noqa: E402
 import pathfinder  # noqa: E402

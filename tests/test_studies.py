@@ -1,11 +1,11 @@
-"""tools/pathfinder_study.py plans the documented commands (dry run: nothing runs, nothing is written but OUT)."""
+"""The Pathfinder study plans the documented commands (dry run: nothing runs, nothing is written but OUT)."""
 import os
 import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
+sys.path.insert(0, os.path.join(ROOT, 'studies', 'pathfinder'))
 
 import pathfinder_study  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Pathfinder images: the generator behind tools/make_pathfinder.py (numpy only, no torch).
+"""Pathfinder images: the generator behind studies/pathfinder/make_pathfinder.py (numpy only, no torch).
 
 The two markers of an image are the ends of one curve (class 1) or of two different curves (class 0).
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Train at one size, evaluate at other sizes without fine-tuning, then fine-tune at 2x: sgconvnext vs convnext.
 
-    python tools/make_fashion_mnist.py --out data/fmnist --train 1000 --val 500
-    python tools/resolution_study.py --data-dir data/fmnist --out output/resolution --img-size 64 --seeds 0 1 \\
-        --write docs/RESULTS.md
+    python studies/resolution/make_fashion_mnist.py --out data/fmnist --train 1000 --val 500
+    python studies/resolution/resolution_study.py --data-dir data/fmnist --out output/resolution --img-size 64 \\
+        --seeds 0 1 --write docs/RESULTS.md
 
 For every --models x --seeds: ``train_imagenet.py`` at --img-size with the same flags (TRAIN_FLAGS plus
 --epochs / --lr), then ``tools/validate.py`` of its last checkpoint at each --scales x img-size (sgconvnext under
@@ -20,9 +20,12 @@ resume from their last epoch: ``--resume auto``). The tables
 import argparse
 import json
 import os
+import sys
 
-from bench_utils import write_section
-from study_runner import ROOT, Steps, finished, mean_sd
+_STUDIES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [_STUDIES, os.path.join(os.path.dirname(_STUDIES), 'tools')]  # study_runner; the user tools
+from bench_utils import write_section  # noqa: E402
+from study_runner import ROOT, Steps, finished, mean_sd  # noqa: E402
 TRAIN_FLAGS = ['--opt', 'adamw', '--weight-decay', '0.05', '--sched', 'cosine', '--sched-on-updates', '--warmup-epochs', '1',
                '--scale', '0.35', '1', '--smoothing', '0.1', '--crop-pct', '1.0', '-b', '64', '-j', '1',
                '--device', 'cpu', '--checkpoint-hist', '1', '--log-interval', '50']

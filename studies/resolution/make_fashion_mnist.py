@@ -2,7 +2,7 @@
 """Write (a class-balanced subset of) Fashion-MNIST as an ImageFolder for train_imagenet.py, from local files.
 
     apt-get install dataset-fashion-mnist        # Debian's package: /usr/share/datasets/fashion-mnist/*.gz
-    python tools/make_fashion_mnist.py --out data/fmnist --train 1000 --val 500
+    python studies/resolution/make_fashion_mnist.py --out data/fmnist --train 1000 --val 500
 
 Fashion-MNIST (Xiao et al. 2017): 28x28 grayscale photos of 10 kinds of clothing, 60,000 training and 10,000
 test images. ``--train N`` takes the first N images of each class from the training files, ``--val N`` the first
@@ -19,8 +19,9 @@ import sys
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sgconvnext.atomic import atomic_open  # noqa: E402
+_STUDIES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [_STUDIES, os.path.join(os.path.dirname(_STUDIES), 'tools')]  # study_runner; the user tools
+from light_cli import atomic_open  # noqa: E402
 
 SOURCE = '/usr/share/datasets/fashion-mnist'
 CLASSES = ('tshirt_top', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'ankle_boot')

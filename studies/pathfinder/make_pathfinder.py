@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Write a Pathfinder data set (Linsley et al. 2018, as in the Long Range Arena) as an ImageFolder of PNGs.
 
-    python tools/make_pathfinder.py --out data/pf64 --img-size 64 --train 20000 --val 2000 --seed 0 --difficulty hard
-    python tools/make_pathfinder.py --grid docs/pathfinder_samples.png --img-size 64      # a picture of samples
+    python studies/pathfinder/make_pathfinder.py --out data/pf64 --img-size 64 --train 20000 --val 2000 --seed 0 \\
+        --difficulty hard
+    python studies/pathfinder/make_pathfinder.py --grid docs/pathfinder_samples.png --img-size 64   # sample picture
 
 Output: ``OUT/train/{0_disconnected,1_connected}/NNNNNN.png`` and the same under ``OUT/val/``; ``OUT/pathfinder.json``
 holds the arguments and every resolved parameter. Images are 8-bit grayscale (mode L): white (255) strokes on
@@ -12,7 +13,7 @@ each class (even indices are class 0, odd ones class 1). The data set is written
 to OUT and renamed onto it when complete, so OUT holds a whole data set or nothing (on Ctrl-C or SIGTERM the
 temporary folder is removed); an existing non-empty OUT is refused.
 
-The generative process and the presets are described in tools/pathfinder.py (shown by --help too).
+The generative process and the presets are described in studies/pathfinder/pathfinder.py (shown by --help too).
 """
 import argparse
 import json
@@ -29,9 +30,11 @@ from dataclasses import asdict
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from light_cli import CLIError, OneLineErrorParser, atomic_open, run_cli
-import pathfinder
-from pathfinder import CLASSES, MAX_SIZE, MIN_SIZE, PRESETS, Params, make_image, resolve_params
+_STUDIES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [_STUDIES, os.path.join(os.path.dirname(_STUDIES), 'tools')]  # study_runner; the user tools
+from light_cli import CLIError, OneLineErrorParser, atomic_open, run_cli  # noqa: E402
+import pathfinder  # noqa: E402
+from pathfinder import CLASSES, MAX_SIZE, MIN_SIZE, PRESETS, Params, make_image, resolve_params  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------- output
@@ -75,7 +78,7 @@ def tasks(counts: dict):
 def describe(p: Params, args) -> dict:
     """The content of pathfinder.json: the arguments that decide the images and every resolved parameter."""
     return {
-        'generator': 'tools/make_pathfinder.py',
+        'generator': 'studies/pathfinder/make_pathfinder.py',
         'img_size': p.img_size, 'seed': args.seed, 'difficulty': args.difficulty,
         'splits': {split: {CLASSES[0]: (n + 1) // 2, CLASSES[1]: n // 2}
                    for split, n in (('train', args.train), ('val', args.val))},
@@ -152,24 +155,21 @@ def grid_picture(img_size: int, seed: int, columns: int, overrides: dict, diffic
 
 # ----------------------------------------------------------------------------------------------- command line
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'must be a whole number >= 0, got {text!r}') from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f'must be a whole number >= 0, got {value}')
-    return value
+def _whole_number(low: int, high: float, kind: str, limits: str):
+    """An argparse type: a whole number in [low, high]; ``kind`` and ``limits`` complete its two error messages."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'must be a whole number{kind}, got {text!r}') from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f'must be {limits}, got {value}')
+        return value
+    return parse
 
 
-def _size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'must be a whole number of pixels, got {text!r}') from None
-    if not MIN_SIZE <= value <= MAX_SIZE:
-        raise argparse.ArgumentTypeError(f'must be between {MIN_SIZE} and {MAX_SIZE} px, got {value}')
-    return value
+_count = _whole_number(0, math.inf, ' >= 0', 'a whole number >= 0')
+_size = _whole_number(MIN_SIZE, MAX_SIZE, ' of pixels', f'between {MIN_SIZE} and {MAX_SIZE} px')
 
 
 def _number(text: str) -> float:

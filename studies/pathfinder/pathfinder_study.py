@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Pathfinder: the same training budget for each model, at each image size and difficulty, over several seeds.
 
-    python tools/pathfinder_study.py --data-root data/pathfinder --out output/pathfinder --sizes 64 128 \\
+    python studies/pathfinder/pathfinder_study.py --data-root data/pathfinder --out output/pathfinder --sizes 64 128 \\
         --difficulties medium hard --seeds 0 1 --epochs 64=10 128=4 --write docs/RESULTS.md
 
-Steps (tools/study_runner.py: one command each, skipped when done, --jobs at a time, one thread each):
+Steps (studies/study_runner.py: one command each, skipped when done, --jobs at a time, one thread each):
 
-1. ``tools/make_pathfinder.py`` writes one data set per (size, difficulty): --train / --val images, --data-seed.
+1. ``make_pathfinder.py`` (beside this file) writes one data set per (size, difficulty): --train / --val images,
+   --data-seed.
 2. ``train_imagenet.py`` trains every --models x --seeds on it with the same flags (TRAIN_FLAGS plus --lr,
    --epochs for that size, --model-kwargs for that model); ``--resume auto`` continues an interrupted run.
 3. The report: final and best eval top-1 per model (mean ± sd over seeds), seconds per epoch (median over the
@@ -25,9 +26,13 @@ import statistics
 import subprocess
 import sys
 
-from bench_utils import split_model_entry, write_section
-from pathfinder import PRESETS
-from study_runner import ROOT, Steps, finished, mean_sd, summary_rows
+_STUDIES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [_STUDIES, os.path.join(os.path.dirname(_STUDIES), 'tools')]  # study_runner; the user tools
+from bench_utils import split_model_entry, write_section  # noqa: E402
+from pathfinder import PRESETS  # noqa: E402
+from study_runner import ROOT, Steps, finished, mean_sd, summary_rows  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 TRAIN_FLAGS = ['--num-classes', '2', '--opt', 'adamw', '--weight-decay', '0.05', '--sched', 'cosine',
                '--sched-on-updates', '--warmup-epochs', '1', '--scale', '1', '1', '--ratio', '1', '1', '--hflip', '0.5',
@@ -117,7 +122,7 @@ def main(argv=None):
             folder = os.path.join(args.data_root, f'pf{size}_{difficulty}')
             data[size, difficulty] = folder, steps.run(
                 f'data-pf{size}-{difficulty}',
-                [os.path.join(ROOT, 'tools', 'make_pathfinder.py'), '--out', folder, '--img-size', str(size),
+                [os.path.join(HERE, 'make_pathfinder.py'), '--out', folder, '--img-size', str(size),
                  '--train', str(args.train), '--val', str(args.val), '--seed', str(args.data_seed),
                  '--difficulty', preset, *knobs, '--workers', '1', '--quiet'],
                 os.path.join(folder, 'pathfinder.json'))
