@@ -236,7 +236,7 @@ class SGConv2d(nn.Module):
         channels_last = is_channels_last(x)
         backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last)
         if not torch.jit.is_scripting() and _exporting_onnx():
-            backend = 'matmul'  # the backend both torch.onnx exporters translate (README, "Export")
+            backend = 'matmul'  # the backend both torch.onnx exporters translate (docs/deployment.md, "ONNX")
         if backend == 'direct':
             return direct_conv2d(x, kh, kw, self.bias)
         if backend == 'matmul' or x.shape[0] == 0:  # MKL's FFT rejects an empty batch

@@ -2,7 +2,7 @@
 
 --resume auto and its stable run name; a damaged last.pth.tar; SIGTERM / SIGUSR1 preemption (one process,
 one rank of two, a signal in the middle of a save); torchrun --max-restarts after a SIGKILLed worker; two
-torchrun launches as two nodes against one node with two processes; the README's torchrun and SLURM
+torchrun launches as two nodes against one node with two processes; docs/training.md's torchrun and SLURM
 examples (tools/train.sbatch, run with stand-ins for srun and scontrol). sgconvnext_atto on the tiny folder.
 """
 import contextlib
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures('one_thread')  # one torch thread for the i
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', GLOO_SOCKET_IFNAME='lo')  # gloo on the loopback device only
 SLOW = ['-b', '2', '--img-size', '64', '--log-interval', '1']  # 18 steps an epoch (9 per rank with 2), 0.1-0.3 s each
-README = os.path.join(ROOT, 'README.md')
+TRAINING_DOC = os.path.join(ROOT, 'docs', 'training.md')  # its torchrun and SLURM examples
 SBATCH = os.path.join(ROOT, 'tools', 'train.sbatch')
 
 
@@ -115,10 +115,10 @@ def worker_pid(torchrun_pid: int, rank: int) -> int:
     raise AssertionError(f'no worker with RANK={rank} under {torchrun_pid}')
 
 
-def readme_block(starts_with: str) -> str:
-    """The README's fenced code block whose first line starts with ``starts_with``."""
+def doc_block(starts_with: str) -> str:
+    """docs/training.md's fenced code block whose first line starts with ``starts_with``."""
     blocks, inside = [], False
-    with open(README) as f:
+    with open(TRAINING_DOC) as f:
         for line in f:
             if line.startswith('```'):
                 inside = not inside
@@ -127,13 +127,13 @@ def readme_block(starts_with: str) -> str:
             elif inside:
                 blocks[-1] += line
     found = [b for b in blocks if b.startswith(starts_with)]
-    assert len(found) == 1, f'{len(found)} README blocks start with {starts_with!r}'
+    assert len(found) == 1, f'{len(found)} blocks of docs/training.md start with {starts_with!r}'
     return found[0]
 
 
-def readme_torchrun(**values):
-    """(environment, torchrun flags) of the README's elastic example, flag values (name -> value) replaced."""
-    exports, command = readme_block('export ').replace('\\\n', ' ').split('torchrun ', 1)
+def doc_torchrun(**values):
+    """(environment, torchrun flags) of docs/training.md's elastic example, flag values (name -> value) replaced."""
+    exports, command = doc_block('export ').replace('\\\n', ' ').split('torchrun ', 1)
     env = dict(ENV, **dict(line.split()[1].split('=', 1) for line in exports.splitlines() if line.strip()))
     flags = command.split()[:command.split().index('train_imagenet.py')]
     names = [f.split('=')[0].lstrip('-') for f in flags]
@@ -350,12 +350,12 @@ def test_sigterm_mid_epoch_saves_exits_0_and_resume_auto_finishes(data_dir, tmp_
 
 @pytest.fixture(scope='module')
 def one_node_run(data_dir, tmp_path_factory):
-    """torchrun, one node, two processes (the README's flags), 2 epochs; SIGTERM to rank 1 only during epoch 1.
+    """torchrun, one node, two processes (docs/training.md's flags), 2 epochs; SIGTERM to rank 1 only during epoch 1.
 
     (returncode, log, run dir). Shared by the tests of a signal to one rank and of two nodes (its epoch 0).
     """
     out = tmp_path_factory.mktemp('one_node')
-    env, flags = readme_torchrun(nproc_per_node=2, **{'rdzv-endpoint': f'127.0.0.1:{free_port()}'})
+    env, flags = doc_torchrun(nproc_per_node=2, **{'rdzv-endpoint': f'127.0.0.1:{free_port()}'})
     cmd = [sys.executable, '-m', 'torch.distributed.run', *flags, '--local-addr=127.0.0.1', TRAIN,
            *train_args(data_dir, out, 'run', *SLOW, '--epochs', '2', '--resume', 'auto')]
     with launched(cmd, out / 'log.txt', env=env) as proc:
@@ -381,7 +381,7 @@ def test_torchrun_sigterm_to_one_rank_stops_both_at_the_same_step(one_node_run):
 
 @pytest.mark.slow
 def test_torchrun_restarts_a_killed_worker_and_continues_after_the_last_epoch(data_dir, tmp_path):
-    env, flags = readme_torchrun(nproc_per_node=2, **{'max-restarts': 1, 'rdzv-endpoint': f'127.0.0.1:{free_port()}'})
+    env, flags = doc_torchrun(nproc_per_node=2, **{'max-restarts': 1, 'rdzv-endpoint': f'127.0.0.1:{free_port()}'})
     assert '--rdzv-backend=c10d' in flags and env['TORCH_DISABLE_SHARE_RDZV_TCP_STORE'] == '1'
     log_path = tmp_path / 'log.txt'
     cmd = [sys.executable, '-m', 'torch.distributed.run', *flags, '--local-addr=127.0.0.1', TRAIN,
@@ -431,7 +431,7 @@ def test_two_nodes_train_like_one_node_with_two_processes(data_dir, tmp_path, on
     assert max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0]) <= 1e-6
 
 
-# ---------------------------------------------------------------------------- the README's SLURM example
+# ---------------------------------------------------------------------------- docs/training.md's SLURM example
 
 FAKE_SRUN = '''#!/bin/bash
 # srun stand-in: its command as one task on this machine (srun's options dropped, SLURM's task variables set);
@@ -459,9 +459,9 @@ exec "{python}" -m torch.distributed.run "$@"
 '''
 
 
-def test_readme_shows_the_sbatch_script_that_the_tests_run():
+def test_training_doc_shows_the_sbatch_script_that_the_tests_run():
     with open(SBATCH) as f:
-        assert readme_block('#!/bin/bash\n# SLURM job') == f.read()
+        assert doc_block('#!/bin/bash\n# SLURM job') == f.read()
 
 
 @pytest.mark.slow
