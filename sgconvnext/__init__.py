@@ -2,9 +2,10 @@
 
 Importing this package registers ``sgconvnext_{atto,femto,pico,nano,tiny,small,base,large}`` with timm.
 """
+from .convert import convert_convnext
 from .kernel import SGKernel1d
 from .model import SGConvNeXt, add_kernel_geometry
 from .sgconv import SGConv2d
 
 __version__ = '0.1.0'
-__all__ = ['SGConv2d', 'SGConvNeXt', 'SGKernel1d', 'add_kernel_geometry']
+__all__ = ['SGConv2d', 'SGConvNeXt', 'SGKernel1d', 'add_kernel_geometry', 'convert_convnext']

@@ -12,8 +12,9 @@ Checkpoints carry each kernel's geometry (``...conv_dw.kernel_{h,w}.geometry``):
 input size (``kernel.py``); the load logs it.
 
 Warm start: ``pretrained=True, pretrained_cfg_overlay=dict(file=...)`` with a timm (or original
-facebookresearch) ``convnext_*`` checkpoint of the same size loads every shared tensor and keeps the
-SGConv kernels at their init.
+facebookresearch) ``convnext_*`` checkpoint of the same size loads every shared tensor and, with
+``sg_convert="rank1"`` (default), converts each 7x7 kernel into its SGConv2d (``convert.py``); with
+``sg_convert="none"`` the SGConv kernels keep their init.
 """
 import logging
 import re
@@ -26,8 +27,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_module, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import resolve_pretrained_cfg
-from timm.models.convnext import ConvNeXt, checkpoint_filter_fn as convnext_checkpoint_filter_fn
+from timm.models.convnext import ConvNeXt, checkpoint_filter_fn as convnext_layout
 
+from .convert import DEFAULT_CONVERT, check_convert, convert_convnext, fit_problems, is_convnext_state_dict
 from .kernel import SGKernel1d, missing_geometry_error, pack_geometry
 from .resize import DEFAULT_RESIZE
 from .sgconv import SGConv2d
@@ -49,6 +51,8 @@ class SGConvNeXt(ConvNeXt):
         sg_decay: weight of sub-kernel i is ``sg_decay**i``.
         sg_backend: ``"auto"``, ``"fft"``, ``"matmul"`` or ``"direct"`` for every SGConv2d.
         sg_resize: ``"stretch"`` or ``"fixed"``, how kernels meet maps of another size (``resize.py``).
+        sg_convert: ``"rank1"`` or ``"none"``, what loading a ConvNeXt checkpoint does with its 7x7 kernels
+            (``convert.py``): convert each into this model's SGConv2d, or drop it and keep the init.
     """
 
     def __init__(
@@ -58,8 +62,10 @@ class SGConvNeXt(ConvNeXt):
             sg_decay: float = 0.5,
             sg_backend: str = 'auto',
             sg_resize: str = DEFAULT_RESIZE,
+            sg_convert: str = DEFAULT_CONVERT,
             **kwargs,
     ):
+        self.sg_convert = check_convert(sg_convert)
         super().__init__(**kwargs)
         img_size = to_2tuple(img_size)
         if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in img_size):
@@ -132,49 +138,27 @@ def checkpoint_filter_fn(state_dict, model: SGConvNeXt):
 
     * sgconvnext checkpoints pass through; their kernels bring their own geometry (their shapes may differ
       from the model's when it was built for another ``img_size``), and without it they are refused.
-    * ConvNeXt checkpoints (timm or facebookresearch layout) load every tensor the two share; their
-      7x7 ``conv_dw.weight`` kernels are dropped and the SGConv kernels keep their initialization.
-    * A tensor of the wrong shape, a model tensor the checkpoint lacks (other than SGConv kernels) or a
-      checkpoint tensor the model has no place for raises ValueError: the checkpoint is for another size.
+    * ConvNeXt checkpoints (timm or facebookresearch layout) of the same size load every tensor the two share;
+      their 7x7 kernels are converted or dropped as ``model.sg_convert`` says (``convert.convert_convnext``).
+    * A tensor of the wrong shape, a model tensor the checkpoint lacks or a checkpoint tensor the model has no
+      place for raises ValueError: the checkpoint is for another size.
     """
-    state_dict = convnext_checkpoint_filter_fn(state_dict, model)
+    state_dict = convnext_layout(state_dict, model)  # facebookresearch names -> timm's; timm's pass through
+    if is_convnext_state_dict(state_dict):
+        return convert_convnext(state_dict, model, getattr(model, 'sg_convert', DEFAULT_CONVERT))
     model_state = model.state_dict()
-    classifier = model.pretrained_cfg.get('classifier', 'head.fc') if hasattr(model, 'pretrained_cfg') else 'head.fc'
-    dropped = [k for k in state_dict if k not in model_state and k.endswith('.conv_dw.weight')]
-    unexpected = [k for k in state_dict if k not in model_state and k not in dropped]
     for key in state_dict:
         if '.conv_dw.kernel_' in key and key.endswith('.weight') and key[:-len('weight')] + 'geometry' not in state_dict:
             raise missing_geometry_error(key[:-len('weight')] + 'geometry')
-    resized = {k for k in state_dict if '.conv_dw.kernel_' in k and k.endswith('.weight')}  # shape = the geometry's
-    mismatched = [
-        f'{k}: checkpoint {tuple(v.shape)}, model {tuple(model_state[k].shape)}'
-        for k, v in state_dict.items()
-        if k in model_state and v.shape != model_state[k].shape and not k.startswith(classifier + '.')
-        and k not in resized
-    ]
-    # Only a ConvNeXt checkpoint (no SGConv kernels at all) may leave the kernels at their init: a partial
-    # sgconvnext checkpoint (say, weights without their norm buffers) would silently rescale the kernels.
-    warm_start = not any('.conv_dw.kernel_' in k for k in state_dict)
-    kept_init = [k for k in model_state if k not in state_dict and '.conv_dw.kernel_' in k] if warm_start else []
-    missing = [k for k in model_state if k not in state_dict and k not in kept_init]
-    problems = []
-    if mismatched:
-        problems.append(f'{len(mismatched)} tensors of another shape ({"; ".join(mismatched[:3])})')
-    if missing:
-        problems.append(f'{len(missing)} model tensors missing from the checkpoint ({", ".join(missing[:3])})')
-    if unexpected:
-        problems.append(f'{len(unexpected)} checkpoint tensors the model has no place for ({", ".join(unexpected[:3])})')
+    classifier = model.pretrained_cfg.get('classifier', 'head.fc') if hasattr(model, 'pretrained_cfg') else 'head.fc'
+    resized = [k for k in state_dict if '.conv_dw.kernel_' in k and k.endswith('.weight')]  # shape = the geometry's
+    # A partial sgconvnext checkpoint (say, weights without their norm buffers) would silently rescale the
+    # kernels: every model tensor must be there.
+    problems = fit_problems(state_dict, model_state, classifier, shape_free=resized)
     if problems:
         hint = 'Was it made for another model size? (e.g. convnext_tiny weights fit sgconvnext_tiny only)'
         raise ValueError('checkpoint does not fit this model: ' + '; '.join(problems) + '. ' + hint)
-    if dropped or kept_init:
-        _logger.warning(
-            f'Warm start: loaded {len(state_dict) - len(dropped)} shared tensors; did not load {len(dropped)} '
-            f'ConvNeXt 7x7 kernels ({", ".join(dropped)}); kept {len(kept_init)} SGConv kernel tensors at '
-            f'their init ({", ".join(kept_init)}).')
-    out = {k: v for k, v in state_dict.items() if k not in dropped}
-    out.update({k: model_state[k] for k in kept_init})
-    return out
+    return state_dict
 
 
 def _has_weight_source(cfg) -> bool:

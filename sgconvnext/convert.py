@@ -1,0 +1,223 @@
+"""ConvNeXt weights into an SGConvNeXt: every shared tensor loads, each block's 7x7 kernel becomes its SGConv2d.
+
+``convert_convnext(state_dict, model)`` maps a ConvNeXt state dict (timm's or facebookresearch's layout) of the
+model's size onto an SGConvNeXt and returns a state dict that ``model.load_state_dict`` takes whole: kernels,
+``norm`` and ``geometry`` included. ``timm.create_model(..., sg_convert=...)`` chooses what happens to the 7x7
+depthwise kernels when such a checkpoint is loaded as pretrained weights:
+
+* ``"rank1"`` (default): the best separable approximation. ConvNeXt applies its kernel ``W[c]`` by correlation
+  (``F.conv2d``); as a convolution kernel it is ``K = W.flip(-1, -2)``, offsets -3..3 on each axis. Its SVD
+  ``K = sum_k s_k u_k v_k^T`` gives ``kh = sqrt(s_1) u_1`` and ``kw = sqrt(s_1) v_1`` (the scale shared evenly),
+  with a fixed sign: the centre entry of larger magnitude of the two is made positive (if both are zero, the
+  largest-magnitude entry of ``kh``), so every rank and every batch converts a kernel alike. Each axis kernel
+  is then fitted into the layer's SGConv kernel: offset 0 is split evenly between the two sides (each side
+  includes it), the near sub-kernel of each side takes the taps at offsets 0..3 as they are, the far
+  sub-kernels are zero. That fit is exact when the geometry has the taps: ``kernel_dim >= 4`` (or 2 or 3, where
+  the second sub-kernel is unstretched too) and ``l_max >= 4``. Otherwise it is the least-squares fit the
+  geometry holds (``l_max < 4``: taps past ``l_max - 1``, which no map of the built size reaches, are dropped;
+  ``kernel_dim == 1``: offsets 2 and 3 share one stretched value) and the log says so. The conv bias is
+  copied. At its built size the converted layer computes exactly ``F.conv2d`` with the rank-1 7x7 kernel.
+* ``"none"``: the 7x7 kernels are dropped and the SGConv kernels keep their random initialization.
+
+The kernels' ``norm`` (the constant each axis kernel is divided by) is set to the norm a kernel of the layer's
+geometry has in expectation at initialization (the Frobenius norm of its basis), the same for every channel and
+every seed, so the converted weights have the scale of freshly initialized ones.
+"""
+import logging
+import re
+from collections import defaultdict
+from typing import Dict, List, Tuple
+
+import torch
+from timm.models.convnext import checkpoint_filter_fn as convnext_layout
+
+from .kernel import SGKernel1d, pack_geometry
+from .sgconv import SGConv2d
+
+__all__ = ['CONVERSIONS', 'check_convert', 'convert_convnext', 'rank1_axis_kernels', 'fit_axis_kernel',
+           'is_convnext_state_dict', 'fit_problems']
+
+CONVERSIONS = ('rank1', 'none')
+DEFAULT_CONVERT = 'rank1'
+_DWCONV = re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.weight$')
+
+_logger = logging.getLogger('sgconvnext.model')
+
+
+def check_convert(value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f'sg_convert must be one of {CONVERSIONS}, got {value!r} ({type(value).__name__})')
+    if value not in CONVERSIONS:
+        raise ValueError(f'sg_convert must be one of {CONVERSIONS}, got {value!r}')
+    return value
+
+
+def is_convnext_state_dict(state_dict: Dict[str, torch.Tensor]) -> bool:
+    """A state dict (in timm's layout) with depthwise ``conv_dw.weight`` kernels and no SGConv kernels."""
+    return (any(_DWCONV.match(k) for k in state_dict)
+            and not any('.conv_dw.kernel_' in k for k in state_dict))
+
+
+def rank1_axis_kernels(weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The best separable approximation of depthwise conv2d kernels, as two centred axis kernels.
+
+    weight: (C, 1, k, k), k odd, applied by ``F.conv2d`` (correlation). Returns float64 ``kh``, ``kw`` of shape
+    (C, k) for offsets ``-(k-1)/2 .. (k-1)/2`` of the convolution kernel ``kh[c] (outer) kw[c] ~= W[c].flip``,
+    and the energy kept per channel, ``s_1**2 / sum(s_k**2)`` (C,) (1 for an all-zero kernel).
+    """
+    kernel = weight[:, 0].double().flip(-1, -2)  # conv2d correlates; SGConv2d convolves
+    u, s, vh = torch.linalg.svd(kernel)
+    scale = s[:, :1].sqrt()
+    kh, kw = u[:, :, 0] * scale, vh[:, 0, :] * scale
+    centre = kernel.shape[-1] // 2
+    pick = torch.where(kh[:, centre].abs() >= kw[:, centre].abs(), kh[:, centre], kw[:, centre])
+    largest = kh.gather(1, kh.abs().argmax(dim=1, keepdim=True))[:, 0]
+    sign = torch.where(pick != 0, pick.sign(), largest.sign())
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    total = (s ** 2).sum(dim=1)
+    energy = torch.where(total > 0, s[:, 0] ** 2 / total.clamp_min(torch.finfo(total.dtype).tiny),
+                         torch.ones_like(total))
+    return kh * sign[:, None], kw * sign[:, None], energy
+
+
+def fit_axis_kernel(module: SGKernel1d, taps: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, float]:
+    """SGKernel1d weights that give the centred kernel ``taps`` (C, 2h+1) at the module's built length.
+
+    Returns weight (C, 2, n_scales, kernel_dim) and norm (C,), both float64, and the largest absolute error of a
+    fitted tap at offsets ``|o| < l_max`` (0 when the geometry holds those taps exactly; taps farther out have
+    no place in it, and no map of the built size reaches them)."""
+    half = taps.shape[1] // 2
+    one_sided = module._centred_basis(torch.float64)[:module.n_scales * module.kernel_dim, module.l_max - 1:]
+    basis = one_sided.cpu()  # (n_scales * kernel_dim, l_max): row i of sub-kernel s gives its taps at offsets >= 0
+    norm = module._centred_basis(torch.float64).norm().item()  # E ||w @ basis|| over w ~ N(0, 1): the init's scale
+    sides = []
+    for side in (taps[:, half:], taps[:, :half + 1].flip(-1)):  # offsets 0, 1, ..., h and 0, -1, ..., -h
+        target = torch.zeros(taps.shape[0], module.l_max, dtype=torch.float64)
+        reach = min(half + 1, module.l_max)
+        target[:, :reach] = side[:, :reach]
+        target[:, 0] = taps[:, half] / 2  # each side includes offset 0: half of the centre tap each
+        sides.append(target)
+    target = torch.stack(sides, dim=1)  # (C, 2, l_max)
+    weight = target @ torch.linalg.pinv(basis)  # least squares; sub-kernels' columns are disjoint, far ones get 0
+    error = (weight @ basis - target).abs().max().item() if target.numel() else 0.0
+    shape = (taps.shape[0], 2, module.n_scales, module.kernel_dim)
+    return (weight * norm).reshape(shape), torch.full((taps.shape[0],), norm, dtype=torch.float64), error
+
+
+def fit_problems(state_dict: Dict[str, torch.Tensor], model_state: Dict[str, torch.Tensor], classifier: str,
+                 may_miss=(), may_add=(), shape_free=()) -> List[str]:
+    """What keeps ``state_dict`` from fitting ``model_state``: tensors of another shape (besides the classifier's
+    and ``shape_free``), model tensors missing (besides ``may_miss``), checkpoint tensors with no place (besides
+    ``may_add``)."""
+    mismatched = [f'{k}: checkpoint {tuple(v.shape)}, model {tuple(model_state[k].shape)}'
+                  for k, v in state_dict.items()
+                  if k in model_state and v.shape != model_state[k].shape and not k.startswith(classifier + '.')
+                  and k not in shape_free]
+    missing = [k for k in model_state if k not in state_dict and k not in may_miss]
+    unexpected = [k for k in state_dict if k not in model_state and k not in may_add]
+    problems = []
+    if mismatched:
+        problems.append(f'{len(mismatched)} tensors of another shape ({"; ".join(mismatched[:3])})')
+    if missing:
+        problems.append(f'{len(missing)} model tensors missing from the checkpoint ({", ".join(missing[:3])})')
+    if unexpected:
+        problems.append(f'{len(unexpected)} checkpoint tensors the model has no place for ({", ".join(unexpected[:3])})')
+    return problems
+
+
+def _check_kernel(key: str, weight, channels: int) -> None:
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
+        got = weight.dtype if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise TypeError(f'{key} must be a floating point tensor, got {got}')
+    k = weight.shape[-1] if weight.dim() == 4 else 0
+    if weight.dim() != 4 or tuple(weight.shape[:3]) != (channels, 1, k) or k % 2 == 0:
+        raise ValueError(f'{key} must be a depthwise kernel of shape ({channels}, 1, k, k) with k odd '
+                         f'(ConvNeXt: 7x7), got {tuple(weight.shape)}')
+    if not torch.isfinite(weight).all():
+        bad = int((~torch.isfinite(weight)).sum())
+        raise ValueError(f'{key} has {bad} non-finite values (NaN or inf): the checkpoint is damaged')
+
+
+def _convert_layer(layer: SGConv2d, weight: torch.Tensor, prefix: str, out: dict, model_state: dict):
+    """Write ``layer``'s kernel tensors for the rank-1 approximation of ``weight`` into ``out``.
+
+    Returns (mean energy kept, largest tap error of the fit, whether the layer's maps are too small for every tap).
+    """
+    kh, kw, energy = rank1_axis_kernels(weight)
+    error = 0.0
+    for name, module, taps in (('kernel_h', layer.kernel_h, kh), ('kernel_w', layer.kernel_w, kw)):
+        fitted, norm, axis_error = fit_axis_kernel(module, taps)
+        error = max(error, axis_error)
+        key = f'{prefix}{name}.'
+        out[key + 'weight'] = fitted.to(model_state[key + 'weight'].dtype)
+        out[key + 'norm'] = norm.to(model_state[key + 'norm'].dtype)
+        out[key + 'geometry'] = pack_geometry(module.l_max, module.kernel_dim, module.decay)
+    return energy.mean().item(), error, min(layer.l_max) < weight.shape[-1] // 2 + 1
+
+
+def convert_convnext(state_dict: Dict[str, torch.Tensor], model, method: str = DEFAULT_CONVERT,
+                     log: bool = True) -> Dict[str, torch.Tensor]:
+    """An SGConvNeXt state dict (geometry included) for ``model`` from a same-size ConvNeXt ``state_dict``.
+
+    ``method``: ``"rank1"`` converts each 7x7 depthwise kernel (module docstring), ``"none"`` keeps the model's
+    own SGConv kernels. Raises ValueError for a checkpoint of another model size, a kernel of the wrong shape
+    or with non-finite values, and TypeError / ValueError for an unknown ``method``. Logs one summary line.
+    """
+    check_convert(method)
+    state_dict = convnext_layout(state_dict, model)  # facebookresearch names -> timm's; timm's pass through
+    if not is_convnext_state_dict(state_dict):
+        raise ValueError('not a ConvNeXt state dict: it has no stages.N.blocks.M.conv_dw.weight kernels'
+                         + (' (it holds SGConv kernels: load it as it is)' if any(
+                             '.conv_dw.kernel_' in k for k in state_dict) else ''))
+    model_state = model.state_dict()
+    layers = {name + '.': m for name, m in model.named_modules() if isinstance(m, SGConv2d)}
+    kernels = {k: v for k, v in state_dict.items() if _DWCONV.match(k)}
+    sg_keys = [k for k in model_state if '.conv_dw.kernel_' in k]
+    classifier = getattr(model, 'pretrained_cfg', {}).get('classifier', 'head.fc')
+    problems = fit_problems(state_dict, model_state, classifier, may_miss=sg_keys,
+                            may_add=[k for k in kernels if k[:-len('weight')] in layers])
+    if problems:
+        raise ValueError('checkpoint does not fit this model: ' + '; '.join(problems) + '. Was it made for another '
+                         'model size? (e.g. convnext_tiny weights fit sgconvnext_tiny only)')
+    for key, weight in kernels.items():
+        _check_kernel(key, weight, layers[key[:-len('weight')]].dim)
+    out = {k: v for k, v in state_dict.items() if k not in kernels}
+    if method == 'none':
+        out.update({k: model_state[k] for k in sg_keys})
+        if log:
+            _logger.warning(f'Warm start from ConvNeXt (sg_convert="none"): loaded {len(out) - len(sg_keys)} shared '
+                            f'tensors; dropped {len(kernels)} 7x7 kernels; the SGConv kernels of {len(layers)} layers '
+                            f'keep their random init.')
+        return out
+    energy, fits = defaultdict(list), []
+    for key, weight in kernels.items():
+        layer_energy, error, small = _convert_layer(layers[key[:-len('weight')]], weight, key[:-len('weight')], out,
+                                                    model_state)
+        energy[int(_DWCONV.match(key).group(1))].append(layer_energy)
+        fits.append((error, key, small))
+    if log:
+        _log_conversion(model, len(state_dict) - len(kernels), energy, fits, out, model_state, classifier)
+    return out
+
+
+def _log_conversion(model, shared: int, energy, fits, out, model_state, classifier: str) -> None:
+    per_stage = ', '.join(f'{100 * sum(v) / len(v):.0f} %' for _, v in sorted(energy.items()))
+    small = sum(1 for _, _, s in fits if s)
+    inexact = [(e, k) for e, k, _ in fits if e > 1e-9]
+    fit = [f'{sum(1 for e, _, s in fits if not s and e <= 1e-9)} fitted exactly']
+    if small:
+        fit.append(f'{small} on maps under 4 px keep the taps such maps reach (the best fit their geometry holds, '
+                   f'exact at the built size)')
+    if inexact:
+        fit.append(f'{len(inexact)} to the best fit a kernel_dim this small holds (largest tap error '
+                   f'{max(inexact)[0]:.3g}, {max(inexact)[1]})')
+    fit = '; '.join(fit)
+    kept = 'nothing kept its init'
+    head, model_head = out.get(classifier + '.weight'), model_state.get(classifier + '.weight')
+    cfg_classes = getattr(model, 'pretrained_cfg', {}).get('num_classes')
+    if model_head is not None and (head is None or head.shape != model_head.shape or cfg_classes != model_head.shape[0]):
+        kept = (f'the head ({classifier}, {model_head.shape[0]} classes) keeps its init (timm loads a pretrained '
+                f'head only into a model with the pretrained cfg\'s {cfg_classes} classes)')
+    _logger.info(f'Warm start from ConvNeXt (sg_convert="rank1"): loaded {shared} shared tensors; converted '
+                 f'{len(fits)} 7x7 kernels to rank-1 SGConv kernels ({fit}); energy kept by the rank-1 part, '
+                 f'mean per stage: {per_stage}; {kept}.')
