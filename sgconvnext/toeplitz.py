@@ -5,8 +5,8 @@ two centred axis kernels. Batched matrix products want the channel outermost, so
 moving data between (B, C, H, W) layouts and (C, H, B, W); this module does those moves the cheap way:
 
 * whole batch (default): x goes to (C, H, B, W) through contiguous NCHW, both products run over the whole
-  batch, the result goes back to x's memory format. Two autograd Functions route the gradients' layout
-  copies the same cheap way.
+  batch, the result goes back to x's memory format. Its autograd Function saves only x and the Toeplitz
+  matrices, as a depthwise conv saves its input; the backward recomputes the layout copy and the first product.
 * image by image (CPU, channels_last input, batch > 1, large maps): each image is moved, multiplied and
   written back while it is still in cache, and the backward recomputes the first product instead of saving it.
 
@@ -62,65 +62,92 @@ def _to_batch_major(y: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
 
-class _ChannelMajor(torch.autograd.Function):
-    """``_to_channel_major`` whose backward returns the gradient in the input's memory format."""
-
-    @staticmethod
-    def forward(ctx, x, channels_last):
-        ctx.channels_last = channels_last
-        return _to_channel_major(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _to_batch_major(grad, ctx.channels_last), None
-
-
-class _BatchMajor(torch.autograd.Function):
-    """``_to_batch_major`` whose backward takes the gradient to (C, H, B, W) by the fast route."""
-
-    @staticmethod
-    def forward(ctx, y, channels_last):
-        return _to_batch_major(y, channels_last)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _to_channel_major(grad), None
-
-
 def _whole_batch(x: torch.Tensor, th: torch.Tensor, tw_t: torch.Tensor, bias: Optional[torch.Tensor],
-                 channels_last: bool, route_grads: bool) -> torch.Tensor:
+                 channels_last: bool) -> torch.Tensor:
+    """``th @ x @ tw_t (+ bias)`` per channel over the whole batch, as plain ops. x: (B, C, H, W); th: (C, H, H);
+    tw_t: (C, W, W). Returns (B, C, H, W) in x's memory format."""
     b, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
     # Th @ (H, B*W), then (H*B, W) @ Tw^T: per-channel GEMMs with the batch folded in, and no copy between
     # them. The bias rides on the second product.
-    if route_grads and x.requires_grad:
-        xm = _channel_major_routed(x, channels_last)
-    else:
-        xm = _to_channel_major(x)
-    y = torch.bmm(th, xm.view(c, h, b * w)).view(c, h * b, w)
+    y = torch.bmm(th, _to_channel_major(x).view(c, h, b * w)).view(c, h * b, w)
     if bias is None:
         y = torch.bmm(y, tw_t)
     else:
         y = torch.baddbmm(bias.view(c, 1, 1), y, tw_t)
-    y = y.view(c, h, b, w)
-    if route_grads and y.requires_grad:
-        return _batch_major_routed(y, channels_last)
-    return _to_batch_major(y, channels_last)
+    return _to_batch_major(y.view(c, h, b, w), channels_last)
 
 
-@torch.jit.unused
-def _channel_major_routed(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return _ChannelMajor.apply(x, channels_last)
+def _kernel_grad(kernel: torch.Tensor, n: int, grad_t: torch.Tensor) -> torch.Tensor:
+    """The gradient of a centred kernel (C, 2n-1) from that of its Toeplitz matrix (C, n, n): diagonal sums."""
+    with torch.enable_grad():
+        k = kernel.detach().requires_grad_()
+        return torch.autograd.grad(_toeplitz(k, n), k, grad_t)[0]
 
 
-@torch.jit.unused
-def _batch_major_routed(y: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    return _BatchMajor.apply(y, channels_last)
+class _ToeplitzFunction(torch.autograd.Function):
+    """Toeplitz products that save only what ConvNeXt's depthwise conv saves, the input x, and the two small axis
+    kernels (C, 2n-1): the backward rebuilds the Toeplitz matrices (as large as x itself at batch 1) and
+    recomputes the channel-major copy of x and the first product instead of keeping them. So a training step
+    holds no more activation memory than with a 7x7 conv. Gradients are those of the same products, in the
+    forward's compute dtype (autocast's, where it is on). Subclasses: the whole batch at once, image by image."""
+
+    @staticmethod
+    def products(x, th, tw_t, bias, channels_last):
+        raise NotImplementedError
+
+    @staticmethod
+    def matrix_grads(ctx, x, th, tw_t, grad):
+        """(grad of x, of th, of tw_t), each None where not needed."""
+        raise NotImplementedError
+
+    @classmethod
+    def forward(cls, ctx, x, kh, kw, bias, channels_last):
+        h, w = x.shape[2], x.shape[3]
+        y = cls.products(x, _toeplitz(kh, h), _toeplitz(kw, w).transpose(-1, -2), bias, channels_last)
+        ctx.save_for_backward(x, kh, kw)
+        ctx.has_bias, ctx.channels_last, ctx.compute_dtype = bias is not None, channels_last, y.dtype
+        return y
+
+    @classmethod
+    def backward(cls, ctx, grad):
+        x, kh, kw = ctx.saved_tensors
+        h, w = x.shape[2], x.shape[3]
+        dtype = ctx.compute_dtype
+        th, tw_t = _toeplitz(kh.to(dtype), h), _toeplitz(kw.to(dtype), w).transpose(-1, -2)
+        grad_x, grad_th, grad_tw_t = cls.matrix_grads(ctx, x.to(dtype), th, tw_t, grad.to(dtype))
+        grad_kh = _kernel_grad(kh, h, grad_th.to(kh.dtype)) if grad_th is not None else None
+        grad_kw = _kernel_grad(kw, w, grad_tw_t.transpose(-1, -2).to(kw.dtype)) if grad_tw_t is not None else None
+        grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return None if grad_x is None else grad_x.to(x.dtype), grad_kh, grad_kw, grad_bias, None
+
+
+class _WholeBatch(_ToeplitzFunction):
+    products = staticmethod(_whole_batch)
+
+    @staticmethod
+    def matrix_grads(ctx, x, th, tw_t, grad):
+        need_x, need_th, need_tw = ctx.needs_input_grad[:3]
+        b, c, h, w = x.shape
+        g = _to_channel_major(grad).view(c, h * b, w)                       # dL/dy, (C, H*B, W)
+        xm = _to_channel_major(x).view(c, h, b * w) if need_th or need_tw else None
+        grad_tw_t = None
+        if need_tw:  # y1 = th @ xm, recomputed
+            grad_tw_t = torch.bmm(torch.bmm(th, xm).view(c, h * b, w).transpose(1, 2), g)
+        grad_y1 = torch.bmm(g, tw_t.transpose(1, 2)).view(c, h, b * w)      # dL/dy1
+        del g
+        grad_th = torch.bmm(grad_y1, xm.transpose(1, 2)) if need_th else None
+        del xm
+        grad_x = None
+        if need_x:
+            grad_x = _to_batch_major(torch.bmm(th.transpose(1, 2), grad_y1).view(c, h, b, w), ctx.channels_last)
+        return grad_x, grad_th, grad_tw_t
 
 
 def _image_products(x: torch.Tensor, th: torch.Tensor, tw_t: torch.Tensor, bias: Optional[torch.Tensor],
-                    out: torch.Tensor) -> torch.Tensor:
-    """Write ``th @ x[i] @ tw_t (+ bias)`` into ``out[i]`` for every image i. x, out: (B, C, H, W)."""
+                    channels_last: bool = True) -> torch.Tensor:
+    """``th @ x[i] @ tw_t (+ bias)`` image by image, into a tensor like x. x: (B, C, H, W)."""
     c, h, w = x.shape[1:]
+    out = torch.empty_like(x)
     for i in range(x.shape[0]):
         xi = x[i].contiguous().view(c, h, w)  # (C, H, W); from channels_last a single 2-D transpose
         yi = torch.bmm(th, xi)
@@ -129,20 +156,13 @@ def _image_products(x: torch.Tensor, th: torch.Tensor, tw_t: torch.Tensor, bias:
     return out
 
 
-class _ImageByImage(torch.autograd.Function):
-    """Toeplitz products image by image; saves only x and the Toeplitz matrices for the backward."""
+class _ImageByImage(_ToeplitzFunction):
+    products = staticmethod(_image_products)
 
     @staticmethod
-    def forward(ctx, x, th, tw_t, bias):
-        ctx.save_for_backward(x, th, tw_t)
-        ctx.has_bias = bias is not None
-        return _image_products(x, th, tw_t, bias, torch.empty_like(x))
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, th, tw_t = ctx.saved_tensors
+    def matrix_grads(ctx, x, th, tw_t, grad):
+        need_x, need_th, need_tw = ctx.needs_input_grad[:3]
         c, h, w = x.shape[1:]
-        need_x, need_th, need_tw, need_bias = ctx.needs_input_grad
         grad_x = torch.empty_like(x) if need_x else None
         grad_th = torch.zeros_like(th) if need_th else None
         grad_tw_t = torch.zeros_like(tw_t) if need_tw else None
@@ -156,8 +176,7 @@ class _ImageByImage(torch.autograd.Function):
                 grad_th.baddbmm_(grad_y1, xi.transpose(1, 2))
             if need_x:
                 grad_x[i].copy_(torch.bmm(th.transpose(1, 2), grad_y1))
-        grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias and need_bias else None
-        return grad_x, grad_th, grad_tw_t, grad_bias
+        return grad_x, grad_th, grad_tw_t
 
 
 @torch.jit.unused
@@ -190,27 +209,26 @@ def toeplitz_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
     """
     h, w = x.shape[2], x.shape[3]
     channels_last = is_channels_last(x)
-    th = _toeplitz(kh.to(x.dtype), h)                       # (C, H, H)
-    tw_t = _toeplitz(kw.to(x.dtype), w).transpose(-1, -2)   # (C, W, W)
+    kh, kw = kh.to(x.dtype), kw.to(x.dtype)
     if bias is not None:
         bias = bias.to(x.dtype)
     if torch.jit.is_scripting():
-        return _whole_batch(x, th, tw_t, bias, channels_last, False)
-    return _toeplitz_eager(x, th, tw_t, bias, channels_last)
+        return _whole_batch(x, _toeplitz(kh, h), _toeplitz(kw, w).transpose(-1, -2), bias, channels_last)
+    return _toeplitz_eager(x, kh, kw, bias, channels_last)
 
 
 @torch.jit.unused
-def _toeplitz_eager(x, th, tw_t, bias, channels_last: bool) -> torch.Tensor:
+def _toeplitz_eager(x, kh, kw, bias, channels_last: bool) -> torch.Tensor:
     captured = _in_graph_capture()
-    # The autograd Functions give the backward a cheaper route; plain ops compute the same and are used
-    # without grad and in graphs (jit.trace and fvcore see Functions as opaque Python ops).
-    grad_mode = torch.is_grad_enabled() and not captured
-    # Autocast would run the products in low precision, which the image-by-image output buffer (x's dtype)
-    # and its hand-written backward do not follow: leave autocast to the whole-batch path.
     b, h, w = x.shape[0], x.shape[2], x.shape[3]
-    if (channels_last and b > 1 and h * w >= PER_IMAGE_MIN_PIXELS and x.device.type == 'cpu'
-            and not captured and not autocast_on('cpu')):
-        if grad_mode and any(t is not None and t.requires_grad for t in (x, th, tw_t, bias)):
-            return _ImageByImage.apply(x, th, tw_t, bias)
-        return _image_products(x, th, tw_t, bias, torch.empty_like(x))
-    return _whole_batch(x, th, tw_t, bias, channels_last, grad_mode)
+    # Autocast would run the products in low precision, which the image-by-image output buffer (x's dtype)
+    # does not follow: leave autocast to the whole-batch path.
+    per_image = (channels_last and b > 1 and h * w >= PER_IMAGE_MIN_PIXELS and x.device.type == 'cpu'
+                 and not captured and not autocast_on('cpu'))
+    # The autograd Functions save less for the backward; plain ops compute the same and are used without grad
+    # and in graphs (jit.trace and fvcore see Functions as opaque Python ops).
+    if torch.is_grad_enabled() and not captured and any(
+            t is not None and t.requires_grad for t in (x, kh, kw, bias)):
+        return (_ImageByImage if per_image else _WholeBatch).apply(x, kh, kw, bias, channels_last)
+    products = _image_products if per_image else _whole_batch
+    return products(x, _toeplitz(kh, h), _toeplitz(kw, w).transpose(-1, -2), bias, channels_last)
