@@ -45,7 +45,7 @@ from sgconvnext.training.config import CLIError, parse_args, run_cli
 from sgconvnext.training.data import create_loaders
 from sgconvnext.training.distributed import check_step_counts, mean_over_ranks, setup_distributed
 from sgconvnext.training.eval import evaluate
-from sgconvnext.training.model import build_model
+from sgconvnext.training.model import build_model, setup_backends
 from sgconvnext.training.optim import create_amp, create_train_loss, resolve_lr
 from sgconvnext.training.preemption import StopOnSignal, stop_agreed
 
@@ -72,6 +72,7 @@ def train(args, args_text: str, stop: StopOnSignal):
     resolve_lr(args)
     optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
     amp_autocast, loss_scaler = create_amp(args, device)
+    setup_backends(args, model, data_config['input_size'], device, amp_autocast)  # --sg-tune, --sg-backend-table
 
     run_dir = os.path.join(args.output or './output/train',
                            experiment_name(args, args_text, img_size=data_config['input_size'][-1]))

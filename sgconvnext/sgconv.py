@@ -11,10 +11,11 @@ size, never circular), then a per-channel bias is added. Exact ways to compute i
 * ``"direct"``: two 1-D depthwise convolutions, (1, 2W-1) then (2H-1, 1), through the conv library
   (oneDNN / cuDNN); fast forward on small maps and native to channels_last, slow backward.
 * ``"auto"``: picks the one measured faster for the map size, the input's memory format and whether
-  gradients are needed (``choose_backend``).
+  gradients are needed (``choose_backend``), unless the layer holds a choice timed on this device for the call
+  (``tuned``, set by ``sgconvnext.tune_backends`` or a saved table; ``call_key`` names a call).
 """
 import math
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,9 +25,11 @@ from .kernel import SGKernel1d, _positive_int
 from .resize import DEFAULT_RESIZE, check_resize
 from .toeplitz import _exporting_onnx, autocast_on, is_channels_last, toeplitz_conv2d
 
-__all__ = ['SGConv2d', 'BACKENDS', 'choose_backend', 'direct_conv2d', 'fast_fft_length', 'fft_conv2d', 'toeplitz_conv2d']
+__all__ = ['SGConv2d', 'BACKENDS', 'EXACT_BACKENDS', 'call_key', 'choose_backend', 'direct_conv2d', 'fast_fft_length',
+           'fft_conv2d', 'toeplitz_conv2d']
 
 BACKENDS = ('auto', 'fft', 'matmul', 'direct')
+EXACT_BACKENDS = ('fft', 'matmul', 'direct')  # what auto chooses from
 
 # Crossovers of "auto", measured on CPU (tools/bench_sgconv.py, docs/BENCHMARKS.md); not measured on GPU
 # yet, where the same rules are used.
@@ -56,6 +59,26 @@ def choose_backend(height: int, width: int, device: torch.device, needs_grad: bo
     matmul_cost = height * width * (height + width)
     fft_cost = fft_cost_factor * n_h * n_w * math.log(max(2, n_h * n_w)) / math.log(2.0)  # log2 (TorchScript)
     return 'matmul' if matmul_cost <= fft_cost else 'fft'
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """'float32', 'bfloat16', ...: the same in eager and TorchScript (where str(dtype) is a number)."""
+    if dtype == torch.float32:
+        return 'float32'
+    if dtype == torch.bfloat16:
+        return 'bfloat16'
+    if dtype == torch.float16:
+        return 'float16'
+    if dtype == torch.float64:
+        return 'float64'
+    return 'other'
+
+
+def call_key(height: int, width: int, channels_last: bool, dtype: str, needs_grad: bool, device_type: str) -> str:
+    """The name of one kind of SGConv2d call in a tuned table: map size, memory format, compute dtype (autocast's
+    where it is on), training or inference, device type. ``'56x56/channels_last/float32/train/cpu'``."""
+    return (str(height) + 'x' + str(width) + '/' + ('channels_last' if channels_last else 'contiguous') + '/'
+            + dtype + '/' + ('train' if needs_grad else 'infer') + '/' + device_type)
 
 
 def fast_fft_length(n: int) -> int:
@@ -121,6 +144,14 @@ def _fft_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor) -> torch.Te
 
 
 @torch.jit.unused
+def _autocast_dtype(device_type: str) -> str:
+    getter = getattr(torch, 'get_autocast_dtype', None)  # torch >= 2.4
+    if getter is not None:
+        return dtype_name(getter(device_type))
+    return dtype_name(torch.get_autocast_gpu_dtype() if device_type == 'cuda' else torch.get_autocast_cpu_dtype())
+
+
+@torch.jit.unused
 def _check_is_tensor(x) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f'SGConv2d expects a torch.Tensor, got {type(x).__name__}')
@@ -155,6 +186,7 @@ class SGConv2d(nn.Module):
     its whole-batch products (``toeplitz.py``) and the kernels follow autocast's dtype rules of the scripted ops.
     """
     __jit_unused_properties__ = ['l_max', 'resize']  # Python-side views of the kernels' settings
+    tuned: Dict[str, str]  # call_key -> backend timed fastest on this device; empty: auto's rules
 
     def __init__(
             self,
@@ -178,6 +210,7 @@ class SGConv2d(nn.Module):
         self.kernel_h = SGKernel1d(dim, l_max[0], kernel_dim, decay, resize, **dd)
         self.kernel_w = SGKernel1d(dim, l_max[1], kernel_dim, decay, resize, **dd)
         self.bias = nn.Parameter(torch.zeros(dim, **dd)) if bias else None
+        self.tuned = {}
 
     @property
     def l_max(self) -> Tuple[int, int]:
@@ -209,9 +242,13 @@ class SGConv2d(nn.Module):
         return kh.unsqueeze(-1) * kw.unsqueeze(-2)
 
     def resolve_backend(self, height: int, width: int, device: torch.device, needs_grad: bool = True,
-                        channels_last: bool = False) -> str:
-        """The backend a forward pass on an (height, width) map runs."""
+                        channels_last: bool = False, dtype: str = 'float32') -> str:
+        """The backend a forward pass on an (height, width) map runs (``dtype``: the compute dtype's name)."""
         if self.backend == 'auto':
+            if len(self.tuned) > 0:
+                key = call_key(height, width, channels_last, dtype, needs_grad, device.type)
+                if key in self.tuned:
+                    return self.tuned[key]
             return choose_backend(height, width, device, needs_grad, channels_last)
         return self.backend
 
@@ -234,7 +271,7 @@ class SGConv2d(nn.Module):
         kh, kw = self.axis_kernels(height, width)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or kh.requires_grad)
         channels_last = is_channels_last(x)
-        backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last)
+        backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last, self._compute_dtype(x))
         if not torch.jit.is_scripting() and _exporting_onnx():
             backend = 'matmul'  # the backend both torch.onnx exporters translate (docs/deployment.md, "ONNX")
         if backend == 'direct':
@@ -246,6 +283,12 @@ class SGConv2d(nn.Module):
         if bias is None:
             return y
         return y + bias.to(y.dtype).view(1, -1, 1, 1)
+
+    def _compute_dtype(self, x: torch.Tensor) -> str:
+        """The dtype the products run in: autocast's where it is on (eager), else x's."""
+        if not torch.jit.is_scripting() and autocast_on(x.device.type):
+            return _autocast_dtype(x.device.type)
+        return dtype_name(x.dtype)
 
     @torch.jit.unused
     def no_weight_decay(self):

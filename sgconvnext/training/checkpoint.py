@@ -218,7 +218,8 @@ def trim_summary(filename: str, start_epoch: int) -> None:
 
 # ---------------------------------------------------------------------------- --resume auto
 
-_UNNAMED_FLAGS = ('resume', 'output', 'experiment')  # where a run writes, not what it trains
+# where a run writes, and how fast (every SGConv2d backend computes the same function), not what it trains
+_UNNAMED_FLAGS = ('resume', 'output', 'experiment', 'sg_tune', 'sg_backend_table')
 
 
 def experiment_name(args, args_text: str, img_size: int) -> str:

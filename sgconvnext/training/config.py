@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     add('--torchcompile', nargs='?', type=str, default=None, const='inductor',
         help='torch.compile with this backend (default when given: inductor)')
     add('--torchcompile-mode', type=str, default=None, help='torch.compile mode (default: None)')
+    add('--sg-tune', action='store_true', default=False,
+        help='sgconvnext: time SGConv2d\'s backends on this device for the training input and keep the fastest')
+    add('--sg-backend-table', default=None, metavar='PATH',
+        help='sgconvnext: apply a backend table saved by sgconvnext.save_backend_table (instead of --sg-tune)')
 
     # Device and distributed
     add('--device', default=None,

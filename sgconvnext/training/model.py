@@ -6,8 +6,10 @@
 * ``pretrained_path`` is loaded as the pretrained weights (timm's ``--pretrained-path``): for
   sgconvnext models this is how a ConvNeXt checkpoint becomes a warm start.
 * ``build_model(args)``: the model of a training run from its flags (head init, grad checkpointing).
+* ``setup_backends(args, model, ...)``: --sg-tune / --sg-backend-table (``sgconvnext.tuning``).
 """
 import difflib
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -18,7 +20,9 @@ from torch import nn
 
 from .config import CLIError
 
-__all__ = ['is_sgconvnext', 'check_model_name', 'create_model_checked', 'build_model']
+_logger = logging.getLogger('train')
+
+__all__ = ['is_sgconvnext', 'check_model_name', 'create_model_checked', 'build_model', 'setup_backends']
 
 
 def is_sgconvnext(name: str) -> bool:
@@ -99,3 +103,30 @@ def build_model(args) -> nn.Module:
     if args.grad_checkpointing:
         model.set_grad_checkpointing(enable=True)
     return model
+
+
+def setup_backends(args, model: nn.Module, input_size, device: torch.device, amp_autocast) -> None:
+    """--sg-tune: time SGConv2d's backends for a training batch on ``device``, in the run's memory format and
+    autocast (rank 0 times, every rank runs its choices); --sg-backend-table: apply a saved table."""
+    if not (args.sg_tune or args.sg_backend_table):
+        return
+    from ..tuning import format_backend_table, load_backend_table, tune_backends
+    if args.sg_tune and args.sg_backend_table:
+        raise CLIError('--sg-tune times the backends and --sg-backend-table loads a saved choice: pass one of them')
+    if not is_sgconvnext(args.model):
+        raise CLIError(f'--sg-tune / --sg-backend-table tune SGConv2d layers; {args.model} has none')
+    shape = (args.batch_size, *input_size)
+    if args.sg_backend_table:
+        try:
+            table = load_backend_table(model, args.sg_backend_table, device, input_shape=shape)
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+        if table is not None:
+            _logger.info(f'SGConv2d backends from {args.sg_backend_table}:\n{format_backend_table(table)}')
+        return
+    x = torch.randn(shape, device=device)
+    if args.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with amp_autocast():
+        table = tune_backends(model, x)
+    _logger.info(f'SGConv2d backends tuned for this run:\n{format_backend_table(table)}')

@@ -1,0 +1,253 @@
+"""Backends timed on the user's own device: what cuDNN's ``benchmark`` mode does for convolutions, for SGConv2d.
+
+``tune_backends(model, example_input)`` finds every distinct SGConv2d call the model makes on that input (map size,
+memory format, compute dtype, training or inference, device: ``sgconv.call_key``), times each exact backend
+(``fft``, ``matmul``, ``direct``) on it, forward + backward for training and forward alone for inference, and
+fixes the fastest per layer: ``layer.tuned[key] = backend``. Layers set to ``backend="auto"`` then run it for
+that call; any other call keeps auto's rules. Nothing is timed during a forward pass, and TorchScript and
+torch.compile read the same choices.
+
+A table is plain JSON (``save_backend_table``); ``load_backend_table`` applies a saved one when it was made on the
+same device with the same torch, and otherwise warns and leaves ``auto`` as it is. Under torch.distributed rank 0
+tunes and broadcasts its table, so every rank runs the same backends.
+"""
+import copy
+import json
+import logging
+import statistics
+import time
+import warnings
+from contextlib import nullcontext
+from typing import Dict, List, Optional
+
+import torch
+
+from .atomic import atomic_open
+from .sgconv import EXACT_BACKENDS, SGConv2d, call_key
+from .toeplitz import autocast_on, is_channels_last
+
+__all__ = ['tune_backends', 'save_backend_table', 'load_backend_table', 'apply_backend_table', 'clear_backends',
+           'describe_device', 'format_backend_table']
+
+TABLE_FORMAT = 'sgconvnext-backend-table/1'
+_logger = logging.getLogger(__name__)
+
+
+def describe_device(device: torch.device) -> str:
+    """'cuda: NVIDIA H200' or 'cpu: AMD EPYC 7B13 (2 threads)': what a table's timings hold for."""
+    if device.type == 'cuda':
+        return f'cuda: {torch.cuda.get_device_name(device)}'
+    name = 'unknown CPU'
+    try:
+        with open('/proc/cpuinfo') as f:
+            name = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    return f'{device.type}: {name} ({torch.get_num_threads()} threads)'
+
+
+def _sgconv_layers(model) -> Dict[str, SGConv2d]:
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, SGConv2d)}
+    if not layers:
+        raise ValueError(f'{type(model).__name__} has no SGConv2d layers to tune')
+    return layers
+
+
+def _record_calls(model, example_input: torch.Tensor, train: bool) -> Dict[str, dict]:
+    """One forward of ``model`` (train mode with grad, or eval without): layer name -> its call's description."""
+    layers = _sgconv_layers(model)
+    calls, hooks = {}, []
+
+    def recorder(name):
+        def hook(module, args):
+            x = args[0]
+            dtype = module._compute_dtype(x)
+            calls[name] = dict(key=call_key(x.shape[2], x.shape[3], is_channels_last(x), dtype, train, x.device.type),
+                               shape=tuple(x.shape), channels_last=is_channels_last(x), dtype=x.dtype,
+                               autocast=autocast_on(x.device.type))
+        return hook
+
+    for name, layer in layers.items():
+        hooks.append(layer.register_forward_pre_hook(recorder(name)))
+    was_training = model.training
+    try:
+        model.train(train)
+        with torch.enable_grad() if train else torch.no_grad():
+            model(example_input)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def _time_call(layer: SGConv2d, call: dict, backend: str, train: bool, warmup: int, runs: int) -> float:
+    """Median seconds of ``backend`` on a copy of ``layer`` for one call (forward + backward when training)."""
+    layer = copy.deepcopy(layer)
+    layer.backend = backend
+    device = layer.kernel_h.weight.device
+    x = torch.randn(call['shape'], device=device, dtype=call['dtype'])
+    if call['channels_last']:
+        x = x.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn_like(x)
+    x.requires_grad_(train)
+    autocast = torch.autocast(device.type, dtype=getattr(torch, call['key'].split('/')[2])) \
+        if call['autocast'] else nullcontext()
+
+    def step():
+        with autocast, torch.enable_grad() if train else torch.no_grad():
+            y = layer(x)
+        if train:
+            y.backward(grad.to(y.dtype))
+
+    times = []
+    for i in range(warmup + runs):
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def tune_backends(model, example_input: torch.Tensor, modes=('train', 'infer'), warmup: int = 1,
+                  runs: int = 3) -> dict:
+    """Time every exact backend for each distinct SGConv2d call ``model`` makes on ``example_input`` and fix the
+    fastest per layer (module docstring). Run it where the model will run: on its device, in its memory format,
+    inside the autocast it will train under. Returns the table (``format_backend_table`` prints it)."""
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
+        raise TypeError(f'example_input must be a (B, C, H, W) tensor, got '
+                        f'{tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__}')
+    bad = [m for m in modes if m not in ('train', 'infer')]
+    if bad or not modes:
+        raise ValueError(f"modes must be 'train' and / or 'infer', got {modes!r}")
+    layers = _sgconv_layers(model)
+    table = None
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if not distributed or torch.distributed.get_rank() == 0:
+        devices = [example_input.device] if example_input.device.type == 'cuda' else []
+        with torch.random.fork_rng(devices=devices):  # drop path and the timing inputs draw: leave the RNG as it was
+            table = _measure(model, layers, example_input, modes, warmup, runs)
+    if distributed:  # every rank runs rank 0's choices
+        shared = [table]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        table = shared[0]
+    apply_backend_table(model, table)
+    return table
+
+
+def _measure(model, layers, example_input, modes, warmup, runs) -> dict:
+    device = example_input.device
+    timings, timed = [], {}
+    for mode in modes:
+        for name, call in _record_calls(model, example_input, mode == 'train').items():
+            layer = layers[name]
+            signature = (call['key'], call['shape'], layer.l_max, layer.bias is not None)
+            if signature not in timed:
+                ms = {b: 1e3 * _time_call(layer, call, b, mode == 'train', warmup, runs) for b in EXACT_BACKENDS}
+                timed[signature] = dict(key=call['key'], shape=list(call['shape']), ms=ms,
+                                        choice=min(ms, key=ms.get), layers=[])
+                timings.append(timed[signature])
+            timed[signature]['layers'].append(name)
+    return dict(format=TABLE_FORMAT, device=describe_device(device), device_type=device.type,
+                torch=torch.__version__, input_shape=list(example_input.shape),
+                layers={name: dict(channels=layer.dim, l_max=list(layer.l_max)) for name, layer in layers.items()},
+                timings=timings)
+
+
+def apply_backend_table(model, table: dict) -> None:
+    """Set each layer's ``tuned`` choices from ``table`` (what ``tune_backends`` returned), replacing earlier ones."""
+    layers = _sgconv_layers(model)
+    _check_fits(table, layers, 'the table')
+    clear_backends(model)
+    for entry in table['timings']:
+        for name in entry['layers']:
+            layers[name].tuned[entry['key']] = entry['choice']
+
+
+def clear_backends(model) -> None:
+    """Forget tuned choices: every auto layer goes back to auto's rules."""
+    for layer in _sgconv_layers(model).values():
+        layer.tuned = {}
+
+
+def _check_fits(table: dict, layers: Dict[str, SGConv2d], source: str) -> None:
+    saved = table['layers']
+    ours = {name: dict(channels=layer.dim, l_max=list(layer.l_max)) for name, layer in layers.items()}
+    if saved != ours:
+        missing = sorted(set(ours) - set(saved))[:2]
+        extra = sorted(set(saved) - set(ours))[:2]
+        differ = [n for n in ours if n in saved and saved[n] != ours[n]][:2]
+        raise ValueError(f'{source} is for another model: its SGConv2d layers differ from this model\'s '
+                         f'({len(saved)} layers against {len(ours)}; missing {missing}, unknown {extra}, other '
+                         f'channels or l_max {differ})')
+
+
+def save_backend_table(table: dict, path: str) -> None:
+    """Write the table as JSON, whole or not at all."""
+    with atomic_open(path) as f:
+        json.dump(table, f, indent=1)
+
+
+def _read_table(path: str) -> dict:
+    try:
+        with open(path) as f:
+            table = json.load(f)
+    except OSError as e:
+        raise ValueError(f'cannot read backend table {path}: {e.strerror or e}') from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f'backend table {path} is damaged (not JSON: {e.msg} at line {e.lineno})') from None
+    fields = ('format', 'device', 'device_type', 'torch', 'input_shape', 'layers', 'timings')
+    if not isinstance(table, dict) or table.get('format') != TABLE_FORMAT or any(k not in table for k in fields):
+        raise ValueError(f'{path} is not an sgconvnext backend table (expected format {TABLE_FORMAT!r} with '
+                         f'{", ".join(fields)})')
+    for entry in table['timings']:
+        if not isinstance(entry, dict) or not {'key', 'choice', 'layers'} <= set(entry):
+            raise ValueError(f'backend table {path} is damaged: a timing lacks key, choice or layers')
+        if entry['choice'] not in EXACT_BACKENDS:
+            raise ValueError(f'backend table {path} names an unknown backend {entry["choice"]!r} for '
+                             f'{entry["key"]}; expected one of {", ".join(EXACT_BACKENDS)}')
+    return table
+
+
+def load_backend_table(model, path: str, device: Optional[torch.device] = None,
+                       input_shape: Optional[List[int]] = None) -> Optional[dict]:
+    """Apply a saved table to ``model``; the table, or None when it was not applied.
+
+    A damaged file, an unknown backend or a table for another model raise ValueError. A table made on another
+    device (``device``, default: where the model's parameters are), with another torch, or for another
+    ``input_shape`` (when given) is not applied: a warning says why and the layers keep auto's rules."""
+    table = _read_table(path)
+    layers = _sgconv_layers(model)
+    _check_fits(table, layers, f'backend table {path}')
+    device = torch.device(device) if device is not None else next(iter(layers.values())).kernel_h.weight.device
+    reasons = []
+    if table['device'] != describe_device(device):
+        reasons.append(f"made on {table['device']}, this is {describe_device(device)}")
+    if table['torch'] != torch.__version__:
+        reasons.append(f"made with torch {table['torch']}, this is {torch.__version__}")
+    if input_shape is not None and list(input_shape) != table['input_shape']:
+        reasons.append(f"made for input {tuple(table['input_shape'])}, not {tuple(input_shape)}")
+    if reasons:
+        warnings.warn(f'backend table {path} not applied ({"; ".join(reasons)}): SGConv2d keeps "auto"; tune again '
+                      f'on this machine (sgconvnext.tune_backends)', stacklevel=2)
+        clear_backends(model)
+        return None
+    apply_backend_table(model, table)
+    return table
+
+
+def format_backend_table(table: dict) -> str:
+    """Markdown: one row per timed call, ms per backend, the choice, how many layers run it."""
+    lines = [f"Backends tuned on {table['device']}, torch {table['torch']}, input {tuple(table['input_shape'])}:", '',
+             '| call | input | ' + ' | '.join(f'{b} ms' for b in EXACT_BACKENDS) + ' | choice | layers |',
+             '|---|---|' + '---|' * (len(EXACT_BACKENDS) + 2)]
+    for t in table['timings']:
+        cells = [f"{t['ms'][b]:.3g}" if b in t.get('ms', {}) else '-' for b in EXACT_BACKENDS]
+        lines.append(f"| {t['key']} | {'x'.join(map(str, t['shape']))} | " + ' | '.join(cells)
+                     + f" | {t['choice']} | {len(t['layers'])} |")
+    return '\n'.join(lines)
+
