@@ -24,6 +24,8 @@ COLUMNS = [  # (row key, header, format, bench that measures it)
     ('activations_m', 'act. (M)', '{:.2f}', 'flops'),
     ('infer_img_s', 'infer img/s', _rate, 'infer'),
     ('train_img_s', 'train img/s', _rate, 'train'),
+    ('infer_peak_mb', 'infer peak MiB', '{:.0f}', 'infer'),
+    ('train_peak_mb', 'train peak MiB', '{:.0f}', 'train'),
 ]
 
 
@@ -95,12 +97,21 @@ def make_report(rows: list, args, device: torch.device, load: tuple) -> str:
                      f'warm-up steps, models interleaved step by step'
                      + (', channels_last' if args.channels_last else '') + (', torch.compile' if args.compile else '')
                      + f'; load average before / after: {load[0]:.2f} / {load[1]:.2f}')
+        lines.append('- peak MiB: one more step per model after the timed ones, parameters, gradients and optimizer state '
+                     'included: ' + ("CUDA's max_memory_allocated" if device.type == 'cuda' else
+                                     "the live tensor bytes PyTorch's MemTracker counts (tools/bench_memory.py)"))
+        if getattr(args, 'sg_tune', False):
+            lines.append('- SGConv2d backends tuned on this device before timing (`--sg-tune`, '
+                         '`sgconvnext.tune_backends`); tables below')
         noisy = noisy_timings(rows)
         if noisy:
             lines.append(f'- noisy: (max - min) / median of the timed steps above {NOISY_SPREAD:.0%} for '
                          + ', '.join(noisy) + ' (the machine was shared; read those timings with care)')
     lines += ['- in parentheses: ratio to the first model ' + ('of its group ' if len(args.groups) > 1 else '')
               + 'at the same image size', '', *format_table(rows, args.bench)]
+    for row in rows:
+        if row.get('sg_tuned'):
+            lines += ['', f"{row['model']} at {row['img_size']} px: {row['sg_tuned']}"]
     backends = format_backends(rows)
     if backends:
         lines += ['', 'SGConv2d per stage: map size (where the kernels were built for another size: that size and the '

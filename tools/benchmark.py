@@ -43,11 +43,13 @@ import torch
 import torch.nn.functional as F
 
 from bench_report import make_report
+from bench_memory import peak_memory_mb
+from bench_plot import check_plot_path, plot_sweep
 from bench_utils import create_model_for_size, interleaved_medians, log, split_model_entry, synchronize, write_section
 
 import timm  # noqa: E402
 import sgconvnext  # noqa: E402,F401  (registers the sgconvnext_* models)
-from sgconvnext import SGConv2d  # noqa: E402
+from sgconvnext import SGConv2d, format_backend_table, tune_backends  # noqa: E402
 from sgconvnext.atomic import atomic_open  # noqa: E402
 from sgconvnext.flops import count_activations, count_flops  # noqa: E402
 
@@ -91,12 +93,17 @@ def parse_args(argv=None):
     p.add_argument('--amp', choices=('none', 'bf16', 'fp16'), default='none', help='autocast dtype for timing')
     p.add_argument('--channels-last', action='store_true', help='channels_last model and inputs for timing')
     p.add_argument('--compile', action='store_true', help='torch.compile the model for timing (not for FLOPs)')
+    p.add_argument('--compile-backend', default='inductor', help='torch.compile backend (default: inductor)')
     p.add_argument('--bench', nargs='+', choices=BENCHES + ('all',), default=['flops', 'infer'],
                    help='what to measure (default: flops infer)')
     p.add_argument('--warmup', type=int, default=None, help='untimed steps per model (default: 2 on cpu, 10 on cuda)')
     p.add_argument('--steps', type=int, default=None, help='timed steps per model (default: 5 on cpu, 30 on cuda)')
     p.add_argument('--threads', type=int, default=None,
                    help='torch CPU threads (default: torch\'s, one per core); 1 is steadier on a shared machine')
+    p.add_argument('--sg-tune', action='store_true',
+                   help='time SGConv2d\'s backends on this device for the timed input first (sgconvnext.tune_backends)')
+    p.add_argument('--plot', metavar='PATH', help='draw img/s and peak memory against --img-size, a line per model '
+                   '(.png, .svg or .pdf; needs matplotlib: pip install -r requirements-plot.txt)')
     p.add_argument('--json', metavar='PATH', help='write the rows as a JSON list')
     p.add_argument('--write', metavar='PATH', help='write the report into this markdown file (e.g. docs/BENCHMARKS.md)')
     p.add_argument('--section', default=None, help='report section name in --write (key "benchmark:NAME")')
@@ -144,6 +151,11 @@ def parse_args(argv=None):
     args.bench = list(BENCHES) if 'all' in args.bench else [b for b in BENCHES if b in args.bench]
     if args.section is not None and not args.write:
         p.error('--section names a section of --write PATH; give --write too')
+    if args.plot is not None:
+        try:
+            check_plot_path(args.plot)
+        except ValueError as e:
+            p.error(f'--plot: {e}')
     return args
 
 
@@ -230,36 +242,59 @@ class _Recorder:
         return (max(timed) - min(timed)) / statistics.median(timed)
 
 
-def time_steps(models: dict, x: torch.Tensor, mode: str, args, device: torch.device) -> dict:
-    """{name: (seconds per step, spread)} for 'infer' or 'train' steps, models interleaved."""
+def autocast_for(args, device: torch.device):
+    """The autocast context of --amp (a null context for none)."""
     amp_dtype = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
+    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
-    steps = {}
-    for name, (model, runner) in models.items():
-        model.train(mode == 'train')
-        if mode == 'infer':
-            def step(runner=runner):
-                with torch.no_grad(), autocast():
-                    runner(x)
-        else:
-            optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-            target = torch.randint(0, max(1, getattr(model, 'num_classes', 1000)), (x.shape[0],), device=device)
+def make_step(model, runner, x: torch.Tensor, mode: str, args, device: torch.device):
+    """(step function, optimizer or None): an inference forward, or a training step (forward, cross-entropy on
+    random labels, backward, SGD step)."""
+    model.train(mode == 'train')
+    if mode == 'infer':
+        def step():
+            with torch.no_grad(), autocast_for(args, device):
+                runner(x)
+        return step, None
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    target = torch.randint(0, max(1, getattr(model, 'num_classes', 1000)), (x.shape[0],), device=device)
 
-            def step(runner=runner, optimizer=optimizer, target=target):
-                with autocast():
-                    out = runner(x)
-                    loss = F.cross_entropy(out.float(), target) if out.dim() == 2 else out.float().mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        steps[name] = _Recorder(step, device)
+    def step():
+        with autocast_for(args, device):
+            out = runner(x)
+            loss = F.cross_entropy(out.float(), target) if out.dim() == 2 else out.float().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step, optimizer
+
+
+def time_steps(models: dict, x: torch.Tensor, mode: str, args, device: torch.device) -> dict:
+    """{name: (seconds per step, spread, peak MiB of one more step)} for 'infer' or 'train' steps, models
+    interleaved; the peak memory of each model is taken after the timed steps, one model at a time."""
+    steps = {name: make_step(model, runner, x, mode, args, device) for name, (model, runner) in models.items()}
+    recorders = {name: _Recorder(step, device) for name, (step, _) in steps.items()}
     log(f'  timing {mode}: {args.warmup} warm-up + {args.steps} timed steps per model, interleaved'
         + (' (first calls compile)' if args.compile else ''))
-    medians = interleaved_medians(steps, device, warmup=args.warmup, runs=args.steps)
-    return {name: (medians[name], steps[name].spread(args.warmup)) for name in steps}
+    medians = interleaved_medians(recorders, device, warmup=args.warmup, runs=args.steps)
+    peaks = {name: peak_memory_mb(step, device, models[name][0], optimizer)
+             for name, (step, optimizer) in steps.items()}
+    return {name: (medians[name], recorders[name].spread(args.warmup), peaks[name]) for name in steps}
+
+
+def tune(models: dict, rows: list, x: torch.Tensor, args, device: torch.device) -> None:
+    """--sg-tune: time SGConv2d's backends of every sgconvnext model for ``x`` (its layout, --amp) and keep the
+    fastest; the table goes into the model's row."""
+    for row in rows:
+        model = models.get(row['model'], (None,))[0]
+        if model is None or not any(isinstance(m, SGConv2d) for m in model.modules()):
+            continue
+        log(f"[{row['img_size']}px] {row['model']}: tuning SGConv2d backends")
+        modes = [m for m in ('train', 'infer') if m in args.bench]
+        with autocast_for(args, device):
+            table = tune_backends(model, x, modes=modes)
+        row['sg_tuned'] = format_backend_table(table)
 
 
 def run_group(args, group: list, index: int, img_size: int, device: torch.device) -> list:
@@ -289,20 +324,23 @@ def run_group(args, group: list, index: int, img_size: int, device: torch.device
         if 'infer' in args.bench or 'train' in args.bench:
             if args.channels_last:
                 model = model.to(memory_format=torch.channels_last)
-            models[name] = (model, torch.compile(model) if args.compile else model)
+            models[name] = (model, torch.compile(model, backend=args.compile_backend) if args.compile else model)
     if models:
         x = example_input(next(iter(models.values()))[0], args.batch_size, img_size, device)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if args.sg_tune:
+            tune(models, rows, x, args, device)
         for mode in ('infer', 'train'):
             if mode in args.bench:
                 log(f'[{img_size}px] timing {mode} at batch {args.batch_size}')
                 timings = time_steps(models, x, mode, args, device)
                 for row in rows:
-                    seconds, spread = timings[row['model']]
+                    seconds, spread, peak = timings[row['model']]
                     row[f'{mode}_ms_per_step'] = seconds * 1e3
                     row[f'{mode}_img_s'] = args.batch_size / seconds
                     row[f'{mode}_spread'] = spread
+                    row[f'{mode}_peak_mb'] = peak
     return rows
 
 
@@ -323,6 +361,9 @@ def main(argv=None):
     finally:
         torch.set_num_threads(threads)
     print(report, flush=True)
+    if args.plot:
+        plot_sweep(rows, args.plot, f'{device.type}, batch {args.batch_size}')
+        log(f'wrote {args.plot}')
     if args.json:
         with atomic_open(args.json) as f:
             json.dump(rows, f, indent=1)

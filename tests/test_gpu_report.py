@@ -1,0 +1,79 @@
+"""tools/gpu_report.sh in its reduced CPU mode (the GPU run's steps at toy sizes), and benchmark.py's memory
+columns, --sg-tune and --plot."""
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.path.join(ROOT, 'tools')
+sys.path.insert(0, TOOLS)
+
+import benchmark  # noqa: E402
+from bench_memory import peak_memory_mb  # noqa: E402
+import sgconvnext  # noqa: E402,F401
+
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable)
+
+
+@pytest.mark.slow
+def test_reduced_report_writes_every_section(tmp_path):
+    out = tmp_path / 'report.md'
+    out.write_text('# Benchmarks\n\nkept as it was\n')
+    proc = subprocess.run(['bash', os.path.join(TOOLS, 'gpu_report.sh'), '--reduced', '--write', str(out)],
+                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith('# Benchmarks\n\nkept as it was\n')
+    sections = [line for line in text.splitlines() if line.endswith(':start -->')]
+    assert sections == ['<!-- benchmark:reduced:pairs-eager:start -->', '<!-- benchmark:reduced:pairs-compile:start -->',
+                        '<!-- benchmark:reduced:large-maps:start -->',
+                        '<!-- bench_sgconv:cpu:bf16 autocast:channels_last:start -->']
+    eager = text.split('pairs-eager:start')[1].split(':end')[0]
+    rows = [line for line in eager.splitlines() if line.startswith('| 64 |')]
+    assert len(rows) == 2 and 'n/a' not in ''.join(rows)  # img/s and peak MiB for both models
+    assert 'infer peak MiB | train peak MiB' in eager and 'bfloat16/train/cpu' in eager  # tuned under autocast
+    assert 'torch.compile' in text.split('pairs-compile:start')[1].split(':end')[0]
+    assert '| 128 | sgconvnext_atto' in text.split('large-maps:start')[1]
+
+
+def test_report_refuses_bad_arguments_and_a_missing_gpu(tmp_path):
+    bad = subprocess.run(['bash', os.path.join(TOOLS, 'gpu_report.sh'), '--fast'], env=ENV, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "unknown argument '--fast'" in bad.stderr
+    if not torch.cuda.is_available():
+        proc = subprocess.run(['bash', os.path.join(TOOLS, 'gpu_report.sh'), '--write', str(tmp_path / 'x.md')],
+                              env=ENV, capture_output=True, text=True)
+        assert proc.returncode == 1 and 'no CUDA device here' in proc.stderr
+        assert not (tmp_path / 'x.md').exists()
+
+
+def training_peak(name, size, batch):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **({'img_size': 224} if name.startswith('sg') else {}))
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def step():
+        torch.nn.functional.cross_entropy(model(x), torch.zeros(batch, dtype=torch.long)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return peak_memory_mb(step, torch.device('cpu'), model, optimizer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('size,batch', [(224, 2), (512, 1)])
+def test_a_training_step_holds_at_most_5_percent_more_than_convnext(size, batch):
+    """Live tensor bytes at the peak of one step: the matmul backend saves only its input (sgconvnext/toeplitz.py)."""
+    ratio = training_peak('sgconvnext_tiny', size, batch) / training_peak('convnext_tiny', size, batch)
+    assert ratio <= 1.05, ratio
+
+
+def test_plot_path_and_tune_flags_are_checked_first(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.parse_args(['--plot', 'sweep.jpg', '--img-size', '64', '96'])
+    assert '--plot: the picture must end in .png, .svg, .pdf' in capsys.readouterr().err
