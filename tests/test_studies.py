@@ -1,12 +1,13 @@
-"""The Pathfinder study plans the documented commands (dry run: nothing runs, nothing is written but OUT)."""
+"""The studies plan the documented commands (dry run: nothing runs, nothing is written but OUT)."""
 import os
 import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'studies', 'pathfinder'))
+sys.path[:0] = [os.path.join(ROOT, 'studies', 'pathfinder'), os.path.join(ROOT, 'studies', 'conversion')]
 
+import conversion_study  # noqa: E402
 import pathfinder_study  # noqa: E402
 
 
@@ -46,3 +47,23 @@ def test_pathfinder_study_refuses_a_malformed_entry_naming_what_it_expects(tmp_p
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert flag in error and repr(value) in error and expected in error
     assert not os.path.exists(tmp_path / 'out')  # refused before anything is planned
+
+
+def test_conversion_study_fine_tunes_every_start_with_the_same_flags(tmp_path, capsys):
+    data = tmp_path / 'data'
+    (data / 'train').mkdir(parents=True)
+    conversion_study.main(['--data-dir', str(data), '--out', str(tmp_path / 'out'), '--seeds', '0', '1', '--dry-run'])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith('[dry] ')]
+    converts = [line for line in lines if 'convert_convnext.py' in line]
+    assert len(converts) == 4 and all('--model sgconvnext_atto --img-size 64' in line for line in converts)
+    assert {line.split('--convert ')[1].split()[0] for line in converts} == {'rank1', 'none'}
+    finetunes = [line for line in lines if '--initial-checkpoint' in line]
+    assert len(finetunes) == 6  # teacher, rank1, none x 2 seeds
+    assert all(line.endswith('--epochs 2 --lr 0.0005 --sched step --decay-rate 1 --warmup-epochs 0') for line in finetunes)
+    starts = sorted(line.split('--initial-checkpoint ')[1].split()[0] for line in finetunes)
+    out = str(tmp_path / 'out')
+    assert starts[:2] == [f'{out}/converted/none-seed0.pth', f'{out}/converted/none-seed1.pth']
+    assert starts[-2:] == [f'{out}/convnext_atto-64px-seed0/last.pth.tar', f'{out}/convnext_atto-64px-seed1/last.pth.tar']
+    scratch = [line for line in lines if '--model sgconvnext_atto' in line and 'train_imagenet.py' in line
+               and '--initial-checkpoint' not in line]
+    assert len(scratch) == 2 and all('--epochs 8 --lr 0.002' in line for line in scratch)

@@ -1,0 +1,229 @@
+#!/usr/bin/env python
+"""From a trained ConvNeXt to an SGConvNeXt: convert the 7x7 kernels (rank 1), drop them, or keep training ConvNeXt.
+
+    python studies/resolution/make_fashion_mnist.py --out data/fmnist --train 1000 --val 500
+    python studies/conversion/conversion_study.py --data-dir data/fmnist --out output/conversion --seeds 0 1 \\
+        --write docs/RESULTS.md
+
+For every --seeds:
+
+1. Teacher: the resolution study's convnext_atto run (its TRAIN_FLAGS, --epochs at --img-size), the same command
+   and run name as ``resolution_study.py`` (so a finished one is reused).
+2. ``tools/convert_convnext.py`` of the teacher's last checkpoint into sgconvnext_atto at --img-size, once per
+   conversion (``rank1``; ``none``: today's warm start, the SGConv kernels at their seeded init).
+3. ``tools/validate.py`` of the teacher and of each converted model with no fine-tune, at --img-size and at 2x
+   (sgconvnext under both size policies).
+4. A --finetune-epochs fine-tune of each converted model and of the teacher itself (``--initial-checkpoint``),
+   all with the same flags: TRAIN_FLAGS with a constant learning rate (--finetune-lr, ``--sched step
+   --decay-rate 1``, no warm-up), so the evaluation after epoch e is that of an e-epoch fine-tune.
+5. sgconvnext_atto from scratch (--epochs), the resolution study's run (``--scratch 0`` skips it).
+6. Kernel pictures (``tools/plot_kernels.py``) of the converted model at load and after the fine-tune, and the
+   far field: the share of each axis kernel's energy at offsets beyond 3 (what a 7x7 kernel reaches).
+
+Steps are ordinary commands run by ``studies/study_runner.py`` (skipped when done, --jobs at a time, one thread
+each). Tables: ``OUT/conversion.md``, and the section ``conversion-study`` of --write.
+"""
+import argparse
+import json
+import os
+import sys
+
+_STUDIES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [_STUDIES, os.path.join(_STUDIES, 'resolution'), os.path.join(os.path.dirname(_STUDIES), 'tools')]
+from bench_utils import write_section  # noqa: E402
+from resolution_study import train_command, validate_command  # noqa: E402
+from study_runner import ROOT, Steps, finished, mean_sd, summary_rows  # noqa: E402
+
+CONVERSIONS = ('rank1', 'none')
+FINETUNE_FLAGS = ['--sched', 'step', '--decay-rate', '1', '--warmup-epochs', '0']  # constant LR
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--data-dir', required=True, help='ImageFolder with train/ and val/')
+    p.add_argument('--out', required=True, help='folder for the runs, conversion.md, commands.txt')
+    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
+    p.add_argument('--img-size', type=int, default=64)
+    p.add_argument('--epochs', type=int, default=8, help='teacher and from-scratch epochs (default: 8)')
+    p.add_argument('--lr', type=float, default=2e-3, help='teacher and from-scratch peak LR (the resolution study)')
+    p.add_argument('--finetune-epochs', type=int, default=2)
+    p.add_argument('--finetune-lr', type=float, default=5e-4)
+    p.add_argument('--scratch', type=int, default=1, choices=(0, 1),
+                   help='1: also train sgconvnext_atto from scratch (--epochs); 0: skip it (default: 1)')
+    p.add_argument('--num-classes', type=int, default=10)
+    p.add_argument('--jobs', type=int, default=2)
+    p.add_argument('--write', metavar='PATH', help='also write the tables into this markdown file')
+    p.add_argument('--dry-run', action='store_true', help='print the commands only')
+    args = p.parse_args(argv)
+    if not os.path.isdir(os.path.join(args.data_dir, 'train')):
+        p.error(f'--data-dir {args.data_dir} has no train/ folder')
+    args.models = ['convnext_atto', 'sgconvnext_atto']  # validate_command / train_command read these
+    return args
+
+
+def trained(steps, args, model, seed):
+    """The resolution study's from-scratch run of ``model``: (its last checkpoint, the step's future)."""
+    run = f'{model}-{args.img_size}px-seed{seed}'
+    last = os.path.join(args.out, run, 'last.pth.tar')
+    command = train_command(args, model, seed, args.img_size, run, ['--epochs', str(args.epochs), '--lr', str(args.lr)])
+    return last, steps.run(run, command, last, done=lambda: finished(os.path.join(args.out, run), args.epochs))
+
+
+def evaluations(steps, args, name, checkpoint, model):
+    """validate.py of ``checkpoint`` at img-size and 2x (sgconvnext under both policies): the step futures."""
+    futures = []
+    for size in (args.img_size, 2 * args.img_size):
+        for policy in (('stretch', 'fixed') if model.startswith('sgconvnext') and size != args.img_size else (None,)):
+            result = os.path.join(args.out, 'eval', f'{name}-at{size}{"-" + policy if policy else ""}.json')
+            os.makedirs(os.path.dirname(result), exist_ok=True)
+            command = validate_command(args, checkpoint, size, result, policy)
+            futures.append(steps.run(f'eval-{os.path.basename(result)[:-5]}', command + [
+                '--model', model, '--num-classes', str(args.num_classes)], result))
+    return futures
+
+
+def finetune(steps, args, name, model, seed, checkpoint):
+    run = f'{name}-ft'
+    command = train_command(args, model, seed, args.img_size, run, [
+        '--initial-checkpoint', checkpoint, '--epochs', str(args.finetune_epochs), '--lr', str(args.finetune_lr),
+        *FINETUNE_FLAGS])
+    last = os.path.join(args.out, run, 'last.pth.tar')
+    return last, steps.run(run, command, last, done=lambda: finished(os.path.join(args.out, run), args.finetune_epochs))
+
+
+def plot(steps, args, name, checkpoint):
+    picture = os.path.join(args.out, 'kernels', f'{name}.png')
+    os.makedirs(os.path.dirname(picture), exist_ok=True)
+    return steps.run(f'kernels-{name}', [os.path.join(ROOT, 'tools', 'plot_kernels.py'), '--model', 'sgconvnext_atto',
+                                         '--img-size', str(args.img_size), '--checkpoint', checkpoint, '--out', picture],
+                     picture)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    steps = Steps(args.out, args.jobs, args.dry_run, prog='conversion_study.py')
+    waiting, after_finetunes = [], []
+    teachers = {seed: trained(steps, args, 'convnext_atto', seed) for seed in args.seeds}
+    for seed in args.seeds:
+        teacher, teacher_run = teachers[seed]
+        teacher_run.result()
+        waiting += evaluations(steps, args, f'teacher-seed{seed}', teacher, 'convnext_atto')
+        ft_last, ft_run = finetune(steps, args, f'teacher-seed{seed}', 'convnext_atto', seed, teacher)
+        waiting.append(ft_run)
+        for conversion in CONVERSIONS:
+            name = f'{conversion}-seed{seed}'
+            converted = os.path.join(args.out, 'converted', f'{name}.pth')
+            steps.run(f'convert-{name}', [os.path.join(ROOT, 'tools', 'convert_convnext.py'), teacher, converted,
+                                          '--model', 'sgconvnext_atto', '--img-size', str(args.img_size),
+                                          '--convert', conversion, '--seed', str(seed)], converted).result()
+            waiting += evaluations(steps, args, name, converted, 'sgconvnext_atto')
+            ft_last, ft_run = finetune(steps, args, name, 'sgconvnext_atto', seed, converted)
+            waiting.append(ft_run)
+            if conversion == 'rank1':
+                waiting.append(plot(steps, args, f'{name}-at-load', converted))
+                after_finetunes.append((ft_run, name, ft_last))
+    for seed in args.seeds if args.scratch else ():
+        waiting.append(trained(steps, args, 'sgconvnext_atto', seed)[1])
+    for ft_run, name, ft_last in after_finetunes:
+        ft_run.result()
+        waiting.append(plot(steps, args, f'{name}-finetuned', ft_last))
+    for future in waiting:
+        future.result()
+    if not args.dry_run:
+        report(args)
+
+
+def _top1(args, name):
+    path = os.path.join(args.out, 'eval', f'{name}.json')
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)['top1']
+
+
+def far_field(checkpoint: str) -> list:
+    """Per stage, the mean share of the axis kernels' energy at |offset| > 3, at the built size."""
+    import timm
+    from sgconvnext import SGConv2d  # registers the sgconvnext models too
+    state = timm.models.load_state_dict(checkpoint)
+    model = timm.create_model('sgconvnext_atto', num_classes=state['head.fc.weight'].shape[0])
+    model.load_state_dict(state)
+    shares = []
+    for stage in model.stages:
+        per_layer = []
+        for layer in (m for m in stage.modules() if isinstance(m, SGConv2d)):
+            for axis in (layer.kernel_h, layer.kernel_w):
+                k = axis.kernel().detach().double() ** 2  # (C, 2 l_max - 1)
+                centre = axis.l_max - 1
+                near = k[:, max(0, centre - 3):centre + 4].sum(1)
+                per_layer.append(float(((k.sum(1) - near) / k.sum(1).clamp_min(1e-30)).mean()))
+        shares.append(100 * sum(per_layer) / len(per_layer))
+    return shares
+
+
+def _ft_top1(args, name):
+    """Eval top-1 after each fine-tune epoch (from the run's summary.csv)."""
+    rows = summary_rows(os.path.join(args.out, f'{name}-ft'))
+    return [r['eval_top1'] for r in rows] + [None] * (args.finetune_epochs - len(rows))
+
+
+def report(args):
+    """OUT/conversion.json (every number), OUT/conversion.md (mean ± sd over seeds), and --write's section."""
+    size, big = args.img_size, 2 * args.img_size
+    rows = {
+        'convnext_atto teacher (trained on: more epochs of ConvNeXt)': [
+            dict(start=_top1(args, f'teacher-seed{s}-at{size}'), at2x=_top1(args, f'teacher-seed{s}-at{big}'),
+                 ft=_ft_top1(args, f'teacher-seed{s}')) for s in args.seeds],
+        **{f'sgconvnext_atto, sg_convert={c}': [
+            dict(start=_top1(args, f'{c}-seed{s}-at{size}'), stretch=_top1(args, f'{c}-seed{s}-at{big}-stretch'),
+                 fixed=_top1(args, f'{c}-seed{s}-at{big}-fixed'), ft=_ft_top1(args, f'{c}-seed{s}'))
+            for s in args.seeds] for c in CONVERSIONS},
+        f'sgconvnext_atto from scratch ({args.epochs} epochs)': [
+            dict(start=_last_top1(args, f'sgconvnext_atto-{size}px-seed{s}')) for s in args.seeds],
+    }
+    far = {name: far_field(path) for name, path in _far_field_checkpoints(args).items() if os.path.exists(path)}
+    with open(os.path.join(args.out, 'conversion.json'), 'w') as f:
+        json.dump(dict(top1=rows, far_field=far), f, indent=2)
+    epochs = range(1, args.finetune_epochs + 1)
+    lines = [f'| start | top-1 at {size}, no fine-tune | '
+             + ' | '.join(f'after {e} epoch{"s" if e > 1 else ""} of fine-tune' for e in epochs)
+             + f' | at {big} (2x), no fine-tune: stretch / fixed |', '|---|---|' + '---|' * (len(epochs) + 1)]
+    for name, per_seed in rows.items():
+        ft = [mean_sd([s.get('ft', [None] * len(epochs))[e - 1] for s in per_seed]) for e in epochs]
+        if 'at2x' in per_seed[0]:
+            twice = mean_sd([s['at2x'] for s in per_seed])
+        elif 'stretch' in per_seed[0]:
+            twice = f"{mean_sd([s['stretch'] for s in per_seed])} / {mean_sd([s['fixed'] for s in per_seed])}"
+        else:
+            twice = '-'
+        lines.append(f'| {name} | {mean_sd([s["start"] for s in per_seed])} | ' + ' | '.join(ft) + f' | {twice} |')
+    if far:
+        lines += ['', '| far field: energy share at offsets > 3, per stage | ' + ' | '.join(
+            f'stage {i}' for i in range(4)) + ' |', '|---|---|---|---|---|']
+        lines += [f'| {name} | ' + ' | '.join(f'{v:.1f} %' for v in shares) + ' |' for name, shares in far.items()]
+    text = '\n'.join(lines)
+    with open(os.path.join(args.out, 'conversion.md'), 'w') as f:
+        f.write(text + '\n')
+    print(text)
+    if args.write:
+        write_section(args.write, 'conversion-study', text)
+
+
+def _last_top1(args, run):
+    rows = summary_rows(os.path.join(args.out, run))
+    return rows[-1]['eval_top1'] if rows else None
+
+
+def _far_field_checkpoints(args):
+    seed = args.seeds[0]
+    return {f'rank1 at load (seed {seed})': os.path.join(args.out, 'converted', f'rank1-seed{seed}.pth'),
+            f'rank1 after {args.finetune_epochs} epochs of fine-tune': os.path.join(args.out, f'rank1-seed{seed}-ft',
+                                                                                      'last.pth.tar'),
+            f'none after {args.finetune_epochs} epochs of fine-tune': os.path.join(args.out, f'none-seed{seed}-ft',
+                                                                                     'last.pth.tar'),
+            f'from scratch, {args.epochs} epochs': os.path.join(args.out, f'sgconvnext_atto-{args.img_size}px-seed{seed}',
+                                                                'last.pth.tar')}
+
+
+if __name__ == '__main__':
+    main()
