@@ -108,7 +108,12 @@ def parse_args(argv=None):
     p.add_argument('--write', metavar='PATH', help='write the report into this markdown file (e.g. docs/BENCHMARKS.md)')
     p.add_argument('--section', default=None, help='report section name in --write (key "benchmark:NAME")')
     args = p.parse_args(argv)
+    check_args(p, args)
+    return args
 
+
+def check_args(p: argparse.ArgumentParser, args) -> None:
+    """Resolve the defaults that depend on the device, and refuse what cannot run (p.error: one line, exit 2)."""
     args.model_kwargs = dict(args.model_kwargs)
     args.groups = args.models or [['sgconvnext_tiny', 'convnext_tiny']]
     args.models = [entry for group in args.groups for entry in group]
@@ -156,7 +161,6 @@ def parse_args(argv=None):
             check_plot_path(args.plot)
         except ValueError as e:
             p.error(f'--plot: {e}')
-    return args
 
 
 def create_model(name: str, img_size: int, device: torch.device, **kwargs):
