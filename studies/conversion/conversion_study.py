@@ -13,15 +13,16 @@ For every --seeds:
    conversion (``rank1``; ``none``: today's warm start, the SGConv kernels at their seeded init).
 3. ``tools/validate.py`` of the teacher and of each converted model with no fine-tune, at --img-size and at 2x
    (sgconvnext under both size policies).
-4. A --finetune-epochs fine-tune of each converted model and of the teacher itself (``--initial-checkpoint``),
-   all with the same flags: TRAIN_FLAGS with a constant learning rate (--finetune-lr, ``--sched step
-   --decay-rate 1``, no warm-up), so the evaluation after epoch e is that of an e-epoch fine-tune.
+4. Fine-tunes of each converted model and of the teacher itself (``--initial-checkpoint``), all with the same
+   flags: TRAIN_FLAGS with --finetune-lr and no warm-up, either constant (``--sched step --decay-rate 1``: one
+   run, whose evaluation after epoch e is that of an e-epoch fine-tune) or annealed to 0 (``--finetune-sched
+   cosine``: one run per budget of 1 .. --finetune-epochs epochs).
 5. sgconvnext_atto from scratch (--epochs), the resolution study's run (``--scratch 0`` skips it).
 6. Kernel pictures (``tools/plot_kernels.py``) of the converted model at load and after the fine-tune, and the
    far field: the share of each axis kernel's energy at offsets beyond 3 (what a 7x7 kernel reaches).
 
 Steps are ordinary commands run by ``studies/study_runner.py`` (skipped when done, --jobs at a time, one thread
-each). Tables: ``OUT/conversion.md``, and the section ``conversion-study`` of --write.
+each). Tables: ``OUT/conversion-SCHED-lrLR.md``, and the section ``conversion-study-SCHED-lrLR`` of --write.
 """
 import argparse
 import json
@@ -35,7 +36,11 @@ from resolution_study import train_command, validate_command  # noqa: E402
 from study_runner import ROOT, Steps, finished, mean_sd, summary_rows  # noqa: E402
 
 CONVERSIONS = ('rank1', 'none')
-FINETUNE_FLAGS = ['--sched', 'step', '--decay-rate', '1', '--warmup-epochs', '0']  # constant LR
+FINETUNE_SCHEDULES = {  # flags after TRAIN_FLAGS (the later flag wins)
+    'constant': ['--sched', 'step', '--decay-rate', '1', '--warmup-epochs', '0'],
+    'cosine': ['--sched', 'cosine', '--sched-on-updates', '--warmup-epochs', '0', '--min-lr', '0'],
+}
+DEFAULT_FINETUNE_LR = 5e-4
 
 
 def parse_args(argv=None):
@@ -47,7 +52,10 @@ def parse_args(argv=None):
     p.add_argument('--epochs', type=int, default=8, help='teacher and from-scratch epochs (default: 8)')
     p.add_argument('--lr', type=float, default=2e-3, help='teacher and from-scratch peak LR (the resolution study)')
     p.add_argument('--finetune-epochs', type=int, default=2)
-    p.add_argument('--finetune-lr', type=float, default=5e-4)
+    p.add_argument('--finetune-lr', type=float, default=DEFAULT_FINETUNE_LR)
+    p.add_argument('--finetune-sched', choices=tuple(FINETUNE_SCHEDULES), default='constant',
+                   help='constant: one run, evaluated after each epoch; cosine: one run per budget of 1 .. '
+                        '--finetune-epochs epochs, each annealed to 0 (default: constant)')
     p.add_argument('--scratch', type=int, default=1, choices=(0, 1),
                    help='1: also train sgconvnext_atto from scratch (--epochs); 0: skip it (default: 1)')
     p.add_argument('--num-classes', type=int, default=10)
@@ -82,13 +90,24 @@ def evaluations(steps, args, name, checkpoint, model):
     return futures
 
 
+def finetune_runs(args, name):
+    """[(run name, epochs)] of the fine-tunes of ``name``: one run (constant LR) or one per budget (cosine)."""
+    lr = '' if args.finetune_lr == DEFAULT_FINETUNE_LR else f'-lr{args.finetune_lr:g}'
+    if args.finetune_sched == 'constant':
+        return [(f'{name}-ft{lr}', args.finetune_epochs)]
+    return [(f'{name}-ft{e}-cosine{lr}', e) for e in range(1, args.finetune_epochs + 1)]
+
+
 def finetune(steps, args, name, model, seed, checkpoint):
-    run = f'{name}-ft'
-    command = train_command(args, model, seed, args.img_size, run, [
-        '--initial-checkpoint', checkpoint, '--epochs', str(args.finetune_epochs), '--lr', str(args.finetune_lr),
-        *FINETUNE_FLAGS])
-    last = os.path.join(args.out, run, 'last.pth.tar')
-    return last, steps.run(run, command, last, done=lambda: finished(os.path.join(args.out, run), args.finetune_epochs))
+    """The fine-tune runs of ``name`` from ``checkpoint``: (the longest run's last checkpoint, their futures)."""
+    futures = []
+    for run, epochs in finetune_runs(args, name):
+        command = train_command(args, model, seed, args.img_size, run, [
+            '--initial-checkpoint', checkpoint, '--epochs', str(epochs), '--lr', str(args.finetune_lr),
+            *FINETUNE_SCHEDULES[args.finetune_sched]])
+        futures.append(steps.run(run, command, os.path.join(args.out, run, 'last.pth.tar'),
+                                 done=lambda run=run, epochs=epochs: finished(os.path.join(args.out, run), epochs)))
+    return os.path.join(args.out, run, 'last.pth.tar'), futures
 
 
 def plot(steps, args, name, checkpoint):
@@ -108,8 +127,7 @@ def main(argv=None):
         teacher, teacher_run = teachers[seed]
         teacher_run.result()
         waiting += evaluations(steps, args, f'teacher-seed{seed}', teacher, 'convnext_atto')
-        ft_last, ft_run = finetune(steps, args, f'teacher-seed{seed}', 'convnext_atto', seed, teacher)
-        waiting.append(ft_run)
+        waiting += finetune(steps, args, f'teacher-seed{seed}', 'convnext_atto', seed, teacher)[1]
         for conversion in CONVERSIONS:
             name = f'{conversion}-seed{seed}'
             converted = os.path.join(args.out, 'converted', f'{name}.pth')
@@ -117,16 +135,16 @@ def main(argv=None):
                                           '--model', 'sgconvnext_atto', '--img-size', str(args.img_size),
                                           '--convert', conversion, '--seed', str(seed)], converted).result()
             waiting += evaluations(steps, args, name, converted, 'sgconvnext_atto')
-            ft_last, ft_run = finetune(steps, args, name, 'sgconvnext_atto', seed, converted)
-            waiting.append(ft_run)
+            ft_last, ft_runs = finetune(steps, args, name, 'sgconvnext_atto', seed, converted)
+            waiting += ft_runs
             if conversion == 'rank1':
                 waiting.append(plot(steps, args, f'{name}-at-load', converted))
-                after_finetunes.append((ft_run, name, ft_last))
+                after_finetunes.append((ft_runs[-1], name, ft_last))
     for seed in args.seeds if args.scratch else ():
         waiting.append(trained(steps, args, 'sgconvnext_atto', seed)[1])
     for ft_run, name, ft_last in after_finetunes:
         ft_run.result()
-        waiting.append(plot(steps, args, f'{name}-finetuned', ft_last))
+        waiting.append(plot(steps, args, f'{name}-{os.path.basename(os.path.dirname(ft_last))}', ft_last))
     for future in waiting:
         future.result()
     if not args.dry_run:
@@ -162,9 +180,12 @@ def far_field(checkpoint: str) -> list:
 
 
 def _ft_top1(args, name):
-    """Eval top-1 after each fine-tune epoch (from the run's summary.csv)."""
-    rows = summary_rows(os.path.join(args.out, f'{name}-ft'))
-    return [r['eval_top1'] for r in rows] + [None] * (args.finetune_epochs - len(rows))
+    """Eval top-1 after 1, 2, ... epochs of fine-tune (summary.csv of the run, or the last row of each budget's)."""
+    runs = finetune_runs(args, name)
+    if len(runs) == 1:
+        rows = summary_rows(os.path.join(args.out, runs[0][0]))
+        return [r['eval_top1'] for r in rows] + [None] * (args.finetune_epochs - len(rows))
+    return [_last_top1(args, run) for run, _ in runs]
 
 
 def report(args):
@@ -182,10 +203,13 @@ def report(args):
             dict(start=_last_top1(args, f'sgconvnext_atto-{size}px-seed{s}')) for s in args.seeds],
     }
     far = {name: far_field(path) for name, path in _far_field_checkpoints(args).items() if os.path.exists(path)}
-    with open(os.path.join(args.out, 'conversion.json'), 'w') as f:
+    tag = f'{args.finetune_sched}-lr{args.finetune_lr:g}'
+    with open(os.path.join(args.out, f'conversion-{tag}.json'), 'w') as f:
         json.dump(dict(top1=rows, far_field=far), f, indent=2)
     epochs = range(1, args.finetune_epochs + 1)
-    lines = [f'| start | top-1 at {size}, no fine-tune | '
+    lines = [f'Fine-tune: {args.finetune_sched} LR {args.finetune_lr:g}'
+             + (', one run per budget' if args.finetune_sched == 'cosine' else ', one run evaluated after each epoch')
+             + '.', '', f'| start | top-1 at {size}, no fine-tune | '
              + ' | '.join(f'after {e} epoch{"s" if e > 1 else ""} of fine-tune' for e in epochs)
              + f' | at {big} (2x), no fine-tune: stretch / fixed |', '|---|---|' + '---|' * (len(epochs) + 1)]
     for name, per_seed in rows.items():
@@ -200,13 +224,13 @@ def report(args):
     if far:
         lines += ['', '| far field: energy share at offsets > 3, per stage | ' + ' | '.join(
             f'stage {i}' for i in range(4)) + ' |', '|---|---|---|---|---|']
-        lines += [f'| {name} | ' + ' | '.join(f'{v:.1f} %' for v in shares) + ' |' for name, shares in far.items()]
+        lines += [f'| {name} | ' + ' | '.join(f'{abs(v):.2f} %' for v in shares) + ' |' for name, shares in far.items()]
     text = '\n'.join(lines)
-    with open(os.path.join(args.out, 'conversion.md'), 'w') as f:
+    with open(os.path.join(args.out, f'conversion-{tag}.md'), 'w') as f:
         f.write(text + '\n')
     print(text)
     if args.write:
-        write_section(args.write, 'conversion-study', text)
+        write_section(args.write, f'conversion-study-{tag}', text)
 
 
 def _last_top1(args, run):
@@ -216,10 +240,11 @@ def _last_top1(args, run):
 
 def _far_field_checkpoints(args):
     seed = args.seeds[0]
+    rank1_ft, none_ft = (finetune_runs(args, f'{c}-seed{seed}')[-1][0] for c in ('rank1', 'none'))
     return {f'rank1 at load (seed {seed})': os.path.join(args.out, 'converted', f'rank1-seed{seed}.pth'),
-            f'rank1 after {args.finetune_epochs} epochs of fine-tune': os.path.join(args.out, f'rank1-seed{seed}-ft',
+            f'rank1 after {args.finetune_epochs} epochs of fine-tune': os.path.join(args.out, rank1_ft,
                                                                                       'last.pth.tar'),
-            f'none after {args.finetune_epochs} epochs of fine-tune': os.path.join(args.out, f'none-seed{seed}-ft',
+            f'none after {args.finetune_epochs} epochs of fine-tune': os.path.join(args.out, none_ft,
                                                                                      'last.pth.tar'),
             f'from scratch, {args.epochs} epochs': os.path.join(args.out, f'sgconvnext_atto-{args.img_size}px-seed{seed}',
                                                                 'last.pth.tar')}
