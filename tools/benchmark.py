@@ -49,7 +49,7 @@ from bench_utils import create_model_for_size, interleaved_medians, log, split_m
 
 import timm  # noqa: E402
 import sgconvnext  # noqa: E402,F401  (registers the sgconvnext_* models)
-from sgconvnext import SGConv2d, format_backend_table, tune_backends  # noqa: E402
+from sgconvnext import SGConv2d  # noqa: E402
 from sgconvnext.atomic import atomic_open  # noqa: E402
 from sgconvnext.flops import count_activations, count_flops  # noqa: E402
 
@@ -290,6 +290,7 @@ def time_steps(models: dict, x: torch.Tensor, mode: str, args, device: torch.dev
 def tune(models: dict, rows: list, x: torch.Tensor, args, device: torch.device) -> None:
     """--sg-tune: time SGConv2d's backends of every sgconvnext model for ``x`` (its layout, --amp) and keep the
     fastest; the table goes into the model's row."""
+    from sgconvnext import format_backend_table, tune_backends
     for row in rows:
         model = models.get(row['model'], (None,))[0]
         if model is None or not any(isinstance(m, SGConv2d) for m in model.modules()):
