@@ -121,7 +121,8 @@ def fit_problems(state_dict: Dict[str, torch.Tensor], model_state: Dict[str, tor
     if missing:
         problems.append(f'{len(missing)} model tensors missing from the checkpoint ({", ".join(missing[:3])})')
     if unexpected:
-        problems.append(f'{len(unexpected)} checkpoint tensors the model has no place for ({", ".join(unexpected[:3])})')
+        problems.append(f'{len(unexpected)} checkpoint tensors the model has no place for '
+                        f'({", ".join(unexpected[:3])})')
     return problems
 
 
@@ -156,12 +157,13 @@ def _convert_layer(layer: SGConv2d, weight: torch.Tensor, prefix: str, out: dict
 
 
 def convert_convnext(state_dict: Dict[str, torch.Tensor], model, method: str = DEFAULT_CONVERT,
-                     log: bool = True) -> Dict[str, torch.Tensor]:
+                     log: bool = True, pretrained_load: bool = False) -> Dict[str, torch.Tensor]:
     """An SGConvNeXt state dict (geometry included) for ``model`` from a same-size ConvNeXt ``state_dict``.
 
     ``method``: ``"rank1"`` converts each 7x7 depthwise kernel (module docstring), ``"none"`` keeps the model's
     own SGConv kernels. Raises ValueError for a checkpoint of another model size, a kernel of the wrong shape
-    or with non-finite values, and TypeError / ValueError for an unknown ``method``. Logs one summary line.
+    or with non-finite values, and TypeError / ValueError for an unknown ``method``. Logs one summary line
+    (``pretrained_load``: called by timm's pretrained loading, which drops a head of another class count).
     """
     check_convert(method)
     state_dict = convnext_layout(state_dict, model)  # facebookresearch names -> timm's; timm's pass through
@@ -196,11 +198,13 @@ def convert_convnext(state_dict: Dict[str, torch.Tensor], model, method: str = D
         energy[int(_DWCONV.match(key).group(1))].append(layer_energy)
         fits.append((error, key, small))
     if log:
-        _log_conversion(model, len(state_dict) - len(kernels), energy, fits, out, model_state, classifier)
+        _log_conversion(model, len(state_dict) - len(kernels), energy, fits, out, model_state, classifier,
+                        pretrained_load)
     return out
 
 
-def _log_conversion(model, shared: int, energy, fits, out, model_state, classifier: str) -> None:
+def _log_conversion(model, shared: int, energy, fits, out, model_state, classifier: str,
+                    pretrained_load: bool) -> None:
     per_stage = ', '.join(f'{100 * sum(v) / len(v):.0f} %' for _, v in sorted(energy.items()))
     small = sum(1 for _, _, s in fits if s)
     inexact = [(e, k) for e, k, _ in fits if e > 1e-9]
@@ -215,7 +219,10 @@ def _log_conversion(model, shared: int, energy, fits, out, model_state, classifi
     kept = 'nothing kept its init'
     head, model_head = out.get(classifier + '.weight'), model_state.get(classifier + '.weight')
     cfg_classes = getattr(model, 'pretrained_cfg', {}).get('num_classes')
-    if model_head is not None and (head is None or head.shape != model_head.shape or cfg_classes != model_head.shape[0]):
+    if model_head is not None and (head is None or head.shape != model_head.shape):
+        theirs = 'is not in the checkpoint' if head is None else f'has {head.shape[0]} classes in the checkpoint'
+        kept = f'the head ({classifier}, {model_head.shape[0]} classes) {theirs} and keeps its init'
+    elif model_head is not None and pretrained_load and cfg_classes != model_head.shape[0]:
         kept = (f'the head ({classifier}, {model_head.shape[0]} classes) keeps its init (timm loads a pretrained '
                 f'head only into a model with the pretrained cfg\'s {cfg_classes} classes)')
     _logger.info(f'Warm start from ConvNeXt (sg_convert="rank1"): loaded {shared} shared tensors; converted '

@@ -145,7 +145,8 @@ def checkpoint_filter_fn(state_dict, model: SGConvNeXt):
     """
     state_dict = convnext_layout(state_dict, model)  # facebookresearch names -> timm's; timm's pass through
     if is_convnext_state_dict(state_dict):
-        return convert_convnext(state_dict, model, getattr(model, 'sg_convert', DEFAULT_CONVERT))
+        method = getattr(model, 'sg_convert', DEFAULT_CONVERT)
+        return convert_convnext(state_dict, model, method, pretrained_load=True)
     model_state = model.state_dict()
     for key in state_dict:
         if '.conv_dw.kernel_' in key and key.endswith('.weight') and key[:-len('weight')] + 'geometry' not in state_dict:

@@ -180,3 +180,16 @@ def test_tool_refuses_bad_input_and_writes_nothing(tmp_path):
     for argv, expected in cases:
         assert expected in one_line_error(run_cli, convert_tool.main, *argv)
     assert out.read_bytes() == b'previous' and sorted(os.listdir(tmp_path)) == ['convnext.pth', 'out.pth']
+
+
+def test_the_summary_says_when_timm_leaves_the_head_at_its_init(caplog):
+    state = timm.create_model('convnext_atto').state_dict()  # 1000 classes
+    with caplog.at_level(logging.INFO, logger='sgconvnext'):
+        timm.create_model('sgconvnext_atto', num_classes=10, pretrained=True,
+                          pretrained_cfg_overlay=dict(state_dict=state))
+    (report,) = [r.getMessage() for r in caplog.records if r.name.startswith('sgconvnext')]
+    assert 'the head (head.fc, 10 classes) has 1000 classes in the checkpoint and keeps its init' in report
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='sgconvnext'):
+        sgconvnext.convert_convnext(state, timm.create_model('sgconvnext_atto'))  # offline: the head is converted too
+    assert 'nothing kept its init' in caplog.records[0].getMessage()
