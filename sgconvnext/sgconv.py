@@ -81,6 +81,19 @@ def call_key(height: int, width: int, channels_last: bool, dtype: str, needs_gra
             + dtype + '/' + ('train' if needs_grad else 'infer') + '/' + device_type)
 
 
+def _key_matches(key: str, height: int, width: int, channels_last: bool, dtype: str, needs_grad: bool,
+                 device_type: str) -> bool:
+    """Whether ``key`` (``call_key``'s form) names this call. The key is parsed rather than built from the sizes,
+    which torch.compile may trace as symbols that cannot become text."""
+    parts = key.split('/')
+    if len(parts) != 5 or parts[1] != ('channels_last' if channels_last else 'contiguous') or parts[2] != dtype:
+        return False
+    if parts[3] != ('train' if needs_grad else 'infer') or parts[4] != device_type:
+        return False
+    size = parts[0].split('x')
+    return int(size[0]) == height and int(size[1]) == width
+
+
 def fast_fft_length(n: int) -> int:
     """Smallest length >= n whose only prime factors are 2, 3, 5 and 7."""
     while not _is_7_smooth(n):
@@ -149,6 +162,10 @@ def _autocast_dtype(device_type: str) -> str:
     if getter is not None:
         return dtype_name(getter(device_type))
     return dtype_name(torch.get_autocast_gpu_dtype() if device_type == 'cuda' else torch.get_autocast_cpu_dtype())
+
+
+def _shape_text(x: torch.Tensor) -> str:
+    return '(' + ', '.join([str(s) for s in x.shape]) + ')'
 
 
 @torch.jit.unused
@@ -245,25 +262,24 @@ class SGConv2d(nn.Module):
                         channels_last: bool = False, dtype: str = 'float32') -> str:
         """The backend a forward pass on an (height, width) map runs (``dtype``: the compute dtype's name)."""
         if self.backend == 'auto':
-            if len(self.tuned) > 0:
-                key = call_key(height, width, channels_last, dtype, needs_grad, device.type)
-                if key in self.tuned:
-                    return self.tuned[key]
+            for key, backend in self.tuned.items():
+                if _key_matches(key, height, width, channels_last, dtype, needs_grad, device.type):
+                    return backend
             return choose_backend(height, width, device, needs_grad, channels_last)
         return self.backend
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not torch.jit.is_scripting():
             _check_is_tensor(x)
-        shape = '(' + ', '.join([str(s) for s in x.shape]) + ')'
+        # the shape becomes text only for an error: torch.compile may trace sizes as symbols, which have no text
         if x.dim() != 4:
-            raise ValueError(f'SGConv2d expects a 4-D (B, C, H, W) input, got shape {shape}')
+            raise ValueError(f'SGConv2d expects a 4-D (B, C, H, W) input, got shape {_shape_text(x)}')
         if x.shape[1] != self.dim:
-            raise ValueError(f'SGConv2d expects {self.dim} channels, got input of shape {shape}')
+            raise ValueError(f'SGConv2d expects {self.dim} channels, got input of shape {_shape_text(x)}')
         if not x.is_floating_point():
             raise TypeError(f'SGConv2d expects a floating point input, got {x.dtype}')
         if x.shape[2] < 1 or x.shape[3] < 1:
-            raise ValueError(f'SGConv2d expects H, W >= 1, got input of shape {shape}')
+            raise ValueError(f'SGConv2d expects H, W >= 1, got input of shape {_shape_text(x)}')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

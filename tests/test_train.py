@@ -216,7 +216,7 @@ def test_warm_start_from_convnext_weights(data_dir, tmp_path, capsys):
     torch.save(convnext, tmp_path / 'convnext_atto.pth')
     train_script.main(train_args(data_dir, tmp_path, 'warm', '--epochs', '1', '--pretrained',
                                  '--pretrained-path', str(tmp_path / 'convnext_atto.pth')))
-    assert 'Warm start: loaded' in capsys.readouterr().err
+    assert 'Warm start from ConvNeXt (sg_convert="rank1"): loaded' in capsys.readouterr().err
     trained = load_checkpoint(tmp_path / 'warm' / 'last.pth.tar')['state_dict']
     key = 'stages.2.blocks.0.mlp.fc1.weight'  # a shared tensor: loaded, then trained for 9 small steps
     similarity = torch.nn.functional.cosine_similarity(trained[key].flatten(), convnext[key].flatten(), dim=0)

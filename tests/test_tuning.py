@@ -76,7 +76,7 @@ def test_scripted_and_compiled_models_follow_the_table(tuned):
         layer.tuned = {key: 'fft' for key in layer.tuned}
     try:
         scripted = torch.jit.script(model)
-        compiled = torch.compile(model, backend='aot_eager', fullgraph=True)
+        compiled = torch.compile(model, backend='aot_eager', fullgraph=True, dynamic=True)  # sizes as symbols too
         for run in (model, scripted, compiled):
             with torch.no_grad(), torch.profiler.profile() as prof:
                 run(x)
