@@ -31,6 +31,7 @@ from typing import Dict, List, Tuple
 import torch
 from timm.models.convnext import checkpoint_filter_fn as convnext_layout
 
+from .checks import check_choice
 from .kernel import SGKernel1d, pack_geometry
 from .sgconv import SGConv2d
 
@@ -45,11 +46,7 @@ _logger = logging.getLogger('sgconvnext.model')
 
 
 def check_convert(value) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f'sg_convert must be one of {CONVERSIONS}, got {value!r} ({type(value).__name__})')
-    if value not in CONVERSIONS:
-        raise ValueError(f'sg_convert must be one of {CONVERSIONS}, got {value!r}')
-    return value
+    return check_choice('sg_convert', value, CONVERSIONS)
 
 
 def is_convnext_state_dict(state_dict: Dict[str, torch.Tensor]) -> bool:

@@ -21,6 +21,8 @@ from typing import Optional
 
 import torch
 
+from .checks import check_choice
+
 __all__ = ['RESIZE_POLICIES', 'DEFAULT_RESIZE', 'check_resize', 'stretch_matrix']
 
 RESIZE_POLICIES = ('fixed', 'stretch')
@@ -29,11 +31,7 @@ DEFAULT_RESIZE = 'stretch'  # chosen from docs/RESULTS.md (resolution transfer)
 
 def check_resize(value) -> str:
     """``value`` if it names a policy, else a TypeError / ValueError that lists the choices."""
-    if not isinstance(value, str):
-        raise TypeError(f'resize must be one of {RESIZE_POLICIES} (a str), got {value!r} ({type(value).__name__})')
-    if value not in RESIZE_POLICIES:
-        raise ValueError(f'resize must be one of {RESIZE_POLICIES}, got {value!r}')
-    return value
+    return check_choice('resize', value, RESIZE_POLICIES)
 
 
 def stretch_matrix(l_max: int, length: int, dtype: torch.dtype = torch.float64,
