@@ -77,3 +77,14 @@ def test_plot_path_and_tune_flags_are_checked_first(capsys):
     with pytest.raises(SystemExit):
         benchmark.parse_args(['--plot', 'sweep.jpg', '--img-size', '64', '96'])
     assert '--plot: the picture must end in .png, .svg, .pdf' in capsys.readouterr().err
+
+
+def test_profile_mixer_times_every_stage_of_both_models(capsys):
+    import profile_mixer
+    profile_mixer.main(['--models', 'sgconvnext_atto', 'convnext_atto', '--img-size', '64', '--batch-size', '1',
+                        '--runs', '1'])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith('| ') and 'atto' in line]
+    assert [r.split(' | ')[0] for r in rows] == ['| sgconvnext_atto', '| convnext_atto']
+    assert rows[1].count('(49)') == 4  # the 7x7: 49 multiply-adds per pixel at every stage
+    stage0 = rows[0].split(' | ')[1]  # 16x16 at 64 px: matmul does 16 + 16, direct 31 + 31
+    assert stage0.endswith('(32)') or stage0.endswith('(62)'), stage0
