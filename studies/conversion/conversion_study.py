@@ -144,7 +144,7 @@ def main(argv=None):
         waiting.append(trained(steps, args, 'sgconvnext_atto', seed)[1])
     for ft_run, name, ft_last in after_finetunes:
         ft_run.result()
-        waiting.append(plot(steps, args, f'{name}-{os.path.basename(os.path.dirname(ft_last))}', ft_last))
+        waiting.append(plot(steps, args, os.path.basename(os.path.dirname(ft_last)), ft_last))
     for future in waiting:
         future.result()
     if not args.dry_run:
@@ -213,6 +213,8 @@ def report(args):
              + ' | '.join(f'after {e} epoch{"s" if e > 1 else ""} of fine-tune' for e in epochs)
              + f' | at {big} (2x), no fine-tune: stretch / fixed |', '|---|---|' + '---|' * (len(epochs) + 1)]
     for name, per_seed in rows.items():
+        if all(s['start'] is None for s in per_seed):
+            continue  # not run (--scratch 0)
         ft = [mean_sd([s.get('ft', [None] * len(epochs))[e - 1] for s in per_seed]) for e in epochs]
         if 'at2x' in per_seed[0]:
             twice = mean_sd([s['at2x'] for s in per_seed])
