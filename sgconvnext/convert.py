@@ -84,9 +84,9 @@ def fit_axis_kernel(module: SGKernel1d, taps: torch.Tensor) -> Tuple[torch.Tenso
     fitted tap at offsets ``|o| < l_max`` (0 when the geometry holds those taps exactly; taps farther out have
     no place in it, and no map of the built size reaches them)."""
     half = taps.shape[1] // 2
-    one_sided = module._centred_basis(torch.float64)[:module.n_scales * module.kernel_dim, module.l_max - 1:]
-    basis = one_sided.cpu()  # (n_scales * kernel_dim, l_max): row i of sub-kernel s gives its taps at offsets >= 0
-    norm = module._centred_basis(torch.float64).norm().item()  # E ||w @ basis|| over w ~ N(0, 1): the init's scale
+    centred = module._centred_basis(torch.float64).cpu()
+    basis = centred[:module.n_scales * module.kernel_dim, module.l_max - 1:]  # (n*d, l_max): side 0, offsets >= 0
+    norm = centred.norm().item()  # E ||w @ centred|| over w ~ N(0, 1): the init's scale
     sides = []
     for side in (taps[:, half:], taps[:, :half + 1].flip(-1)):  # offsets 0, 1, ..., h and 0, -1, ..., -h
         target = torch.zeros(taps.shape[0], module.l_max, dtype=torch.float64)

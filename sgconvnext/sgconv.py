@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernel import SGKernel1d, _positive_int
+from .kernel import SGKernel1d, _is_compiling, _positive_int
 from .resize import DEFAULT_RESIZE, check_resize
 from .toeplitz import _exporting_onnx, autocast_on, is_channels_last, toeplitz_conv2d
 
@@ -83,8 +83,8 @@ def call_key(height: int, width: int, channels_last: bool, dtype: str, needs_gra
 
 def _key_matches(key: str, height: int, width: int, channels_last: bool, dtype: str, needs_grad: bool,
                  device_type: str) -> bool:
-    """Whether ``key`` (``call_key``'s form) names this call. The key is parsed rather than built from the sizes,
-    which torch.compile may trace as symbols that cannot become text."""
+    """Whether ``key`` (``call_key``'s form) names this call: under torch.compile, where the sizes may be traced as
+    symbols that cannot become text, the key is parsed instead of built."""
     parts = key.split('/')
     if len(parts) != 5 or parts[1] != ('channels_last' if channels_last else 'contiguous') or parts[2] != dtype:
         return False
@@ -262,11 +262,22 @@ class SGConv2d(nn.Module):
                         channels_last: bool = False, dtype: str = 'float32') -> str:
         """The backend a forward pass on an (height, width) map runs (``dtype``: the compute dtype's name)."""
         if self.backend == 'auto':
-            for key, backend in self.tuned.items():
-                if _key_matches(key, height, width, channels_last, dtype, needs_grad, device.type):
-                    return backend
+            if len(self.tuned) > 0:
+                tuned = self._tuned_choice(height, width, channels_last, dtype, needs_grad, device.type)
+                if tuned != '':
+                    return tuned
             return choose_backend(height, width, device, needs_grad, channels_last)
         return self.backend
+
+    def _tuned_choice(self, height: int, width: int, channels_last: bool, dtype: str, needs_grad: bool,
+                      device_type: str) -> str:
+        """The tuned backend for this call, '' when the table has none."""
+        if not torch.jit.is_scripting() and _is_compiling():  # sizes may be traced as symbols, which have no text
+            for key, backend in self.tuned.items():
+                if _key_matches(key, height, width, channels_last, dtype, needs_grad, device_type):
+                    return backend
+            return ''
+        return self.tuned.get(call_key(height, width, channels_last, dtype, needs_grad, device_type), '')
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not torch.jit.is_scripting():
@@ -287,7 +298,8 @@ class SGConv2d(nn.Module):
         kh, kw = self.axis_kernels(height, width)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or kh.requires_grad)
         channels_last = is_channels_last(x)
-        backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last, self._compute_dtype(x))
+        dtype = self._compute_dtype(x) if len(self.tuned) > 0 else ''  # only a tuned table reads it
+        backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last, dtype)
         if not torch.jit.is_scripting() and _exporting_onnx():
             backend = 'matmul'  # the backend both torch.onnx exporters translate (docs/deployment.md, "ONNX")
         if backend == 'direct':

@@ -62,9 +62,10 @@ def _record_calls(model, example_input: torch.Tensor, train: bool) -> Dict[str, 
         def hook(module, args):
             x = args[0]
             dtype = module._compute_dtype(x)
-            calls[name] = dict(key=call_key(x.shape[2], x.shape[3], is_channels_last(x), dtype, train, x.device.type),
-                               shape=tuple(x.shape), channels_last=is_channels_last(x), dtype=x.dtype,
-                               autocast=autocast_on(x.device.type))
+            channels_last = is_channels_last(x)
+            calls[name] = dict(key=call_key(x.shape[2], x.shape[3], channels_last, dtype, train, x.device.type),
+                               shape=tuple(x.shape), channels_last=channels_last, dtype=x.dtype,
+                               autocast=getattr(torch, dtype) if autocast_on(x.device.type) else None)
         return hook
 
     for name, layer in layers.items():
@@ -91,8 +92,7 @@ def _time_call(layer: SGConv2d, call: dict, backend: str, train: bool, warmup: i
         x = x.contiguous(memory_format=torch.channels_last)
     grad = torch.randn_like(x)
     x.requires_grad_(train)
-    autocast = torch.autocast(device.type, dtype=getattr(torch, call['key'].split('/')[2])) \
-        if call['autocast'] else nullcontext()
+    autocast = torch.autocast(device.type, dtype=call['autocast']) if call['autocast'] is not None else nullcontext()
 
     def step():
         with autocast, torch.enable_grad() if train else torch.no_grad():

@@ -18,6 +18,7 @@ import torch
 from timm.models import model_entrypoint
 from torch import nn
 
+from ..tuning import format_backend_table, load_backend_table, tune_backends
 from .config import CLIError
 
 _logger = logging.getLogger('train')
@@ -110,7 +111,6 @@ def setup_backends(args, model: nn.Module, input_size, device: torch.device, amp
     autocast (rank 0 times, every rank runs its choices); --sg-backend-table: apply a saved table."""
     if not (args.sg_tune or args.sg_backend_table):
         return
-    from ..tuning import format_backend_table, load_backend_table, tune_backends
     if args.sg_tune and args.sg_backend_table:
         raise CLIError('--sg-tune times the backends and --sg-backend-table loads a saved choice: pass one of them')
     if not is_sgconvnext(args.model):

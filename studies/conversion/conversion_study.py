@@ -65,7 +65,6 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if not os.path.isdir(os.path.join(args.data_dir, 'train')):
         p.error(f'--data-dir {args.data_dir} has no train/ folder')
-    args.models = ['convnext_atto', 'sgconvnext_atto']  # validate_command / train_command read these
     return args
 
 
