@@ -25,7 +25,7 @@ if [[ $reduced == 1 ]]; then  # CPU, atto at 64 px, one timed step: checks the p
     pairs=(--models sgconvnext_atto convnext_atto --img-size 64)
     large=(--models sgconvnext_atto convnext_atto --img-size 128 --build-size 64 --batch-size 1)
     compile=(--compile --compile-backend aot_eager)
-    layer=(--device cpu --amp bf16 --channels-last --no-stages --large 16 32 --large-channels 8 --warmup 0 --runs 1)
+    layer=(--device cpu --amp bf16 --channels-last --no-stages --large 16 32 --large-channels 40 --warmup 0 --runs 1)
     tag=reduced
 else
     if ! "$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)'; then
