@@ -9,12 +9,14 @@ size, never circular), then a per-channel bias is added. Exact ways to compute i
 * ``"fft"``: rfft per axis to a fast length >= 2n - 1, multiply by the outer product of the two
   axis spectra (the spatial 2-D kernel is never built), invert, crop. O(HW log HW).
 * ``"direct"``: two 1-D depthwise convolutions, (1, 2W-1) then (2H-1, 1), through the conv library
-  (oneDNN / cuDNN); fast forward on small maps and native to channels_last, slow backward.
+  (oneDNN / cuDNN); fast forward on small maps and native to channels_last, slow backward. On CPU it is not used
+  below ``DIRECT_MIN_CHANNELS_CPU`` channels (``direct_is_safe``): matmul runs instead, whatever was asked for.
 * ``"auto"``: picks the one measured faster for the map size, the input's memory format and whether
   gradients are needed (``choose_backend``), unless the layer holds a choice timed on this device for the call
   (``tuned``, set by ``sgconvnext.tune_backends`` or a saved table; ``call_key`` names a call).
 """
 import math
+import warnings
 from typing import Dict, Optional, Tuple, Union
 
 import torch
@@ -26,7 +28,7 @@ from .resize import DEFAULT_RESIZE, check_resize
 from .toeplitz import _exporting_onnx, autocast_on, is_channels_last, toeplitz_conv2d
 
 __all__ = ['SGConv2d', 'BACKENDS', 'EXACT_BACKENDS', 'call_key', 'choose_backend', 'direct_conv2d', 'fast_fft_length',
-           'fft_conv2d', 'toeplitz_conv2d']
+           'direct_is_safe', 'fft_conv2d', 'toeplitz_conv2d']
 
 BACKENDS = ('auto', 'fft', 'matmul', 'direct')
 EXACT_BACKENDS = ('fft', 'matmul', 'direct')  # what auto chooses from
@@ -47,6 +49,21 @@ EXACT_BACKENDS = ('fft', 'matmul', 'direct')  # what auto chooses from
 #   (2.4x faster at 1024); the factor puts the square crossover near 2800.
 FFT_COST_FACTOR = 56.0
 DIRECT_MAX_SIDE_INFERENCE = 64
+# torch's CPU depthwise convolution (oneDNN) is not safe with few channels on every CPU. On a 2-core AMD EPYC with
+# AVX512-BF16 (torch 2.14.1, 2026-12): bf16 channels_last depthwise convs with C = 4, 8 and 16 never returned
+# (kernel (1, 15) on 32x32, and C = 8 on 40x40 and 56x56 maps; C = 1, 24, 32 ... 96 returned in 1-6 ms), and in
+# float32 the weight gradient at C = 1 was wrong (relative error 1e21 on a 14x13 map; a segfault in channels_last)
+# while C = 8 ... 96 were right. The boundary is not known for every CPU, so the guard is wider than what was seen:
+# below this many channels "direct" runs matmul on CPU (float64 takes torch's own convolution, not oneDNN, and is
+# left alone). The models have 40 channels or more (atto's stage 0) and are not affected.
+DIRECT_MIN_CHANNELS_CPU = 32
+_warned_direct = [False]  # one warning per process for an explicit backend="direct" that the guard reroutes
+
+
+def direct_is_safe(channels: int, device_type: str, dtype: str, min_channels: int = DIRECT_MIN_CHANNELS_CPU) -> bool:
+    """Whether "direct" may run a depthwise conv of ``channels`` channels on ``device_type`` in compute dtype
+    ``dtype`` (a ``dtype_name``); where not, SGConv2d runs matmul (``DIRECT_MIN_CHANNELS_CPU``)."""
+    return device_type != 'cpu' or dtype == 'float64' or channels >= min_channels
 
 
 def choose_backend(height: int, width: int, device: torch.device, needs_grad: bool = True,
@@ -164,6 +181,15 @@ def _autocast_dtype(device_type: str) -> str:
     return dtype_name(torch.get_autocast_gpu_dtype() if device_type == 'cuda' else torch.get_autocast_cpu_dtype())
 
 
+@torch.jit.unused
+def _warn_direct_rerouted(channels: int) -> None:
+    if not _warned_direct[0]:
+        _warned_direct[0] = True
+        warnings.warn(f'SGConv2d({channels}, backend="direct") runs the "matmul" backend on CPU (same function): torch\'s '
+                      f'CPU depthwise convolution stalls or returns wrong gradients on some CPUs with fewer than '
+                      f'{DIRECT_MIN_CHANNELS_CPU} channels (sgconvnext.sgconv.DIRECT_MIN_CHANNELS_CPU)', stacklevel=3)
+
+
 def _shape_text(x: torch.Tensor) -> str:
     return '(' + ', '.join([str(s) for s in x.shape]) + ')'
 
@@ -224,6 +250,8 @@ class SGConv2d(nn.Module):
         if backend not in BACKENDS:
             raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
         self.backend = backend
+        if backend == 'direct' and self.dim < DIRECT_MIN_CHANNELS_CPU:
+            _warn_direct_rerouted(self.dim)
         self.kernel_h = SGKernel1d(dim, l_max[0], kernel_dim, decay, resize, **dd)
         self.kernel_w = SGKernel1d(dim, l_max[1], kernel_dim, decay, resize, **dd)
         self.bias = nn.Parameter(torch.zeros(dim, **dd)) if bias else None
@@ -260,14 +288,18 @@ class SGConv2d(nn.Module):
 
     def resolve_backend(self, height: int, width: int, device: torch.device, needs_grad: bool = True,
                         channels_last: bool = False, dtype: str = 'float32') -> str:
-        """The backend a forward pass on an (height, width) map runs (``dtype``: the compute dtype's name)."""
-        if self.backend == 'auto':
+        """The backend a forward pass on an (height, width) map runs (``dtype``: the compute dtype's name). "direct"
+        becomes "matmul" where ``direct_is_safe`` says no, whether auto, a tuned table or the layer chose it."""
+        backend = self.backend
+        if backend == 'auto':
+            backend = ''
             if len(self.tuned) > 0:
-                tuned = self._tuned_choice(height, width, channels_last, dtype, needs_grad, device.type)
-                if tuned != '':
-                    return tuned
-            return choose_backend(height, width, device, needs_grad, channels_last)
-        return self.backend
+                backend = self._tuned_choice(height, width, channels_last, dtype, needs_grad, device.type)
+            if backend == '':
+                backend = choose_backend(height, width, device, needs_grad, channels_last)
+        if backend == 'direct' and not direct_is_safe(self.dim, device.type, dtype):
+            return 'matmul'
+        return backend
 
     def _tuned_choice(self, height: int, width: int, channels_last: bool, dtype: str, needs_grad: bool,
                       device_type: str) -> str:
@@ -298,7 +330,8 @@ class SGConv2d(nn.Module):
         kh, kw = self.axis_kernels(height, width)
         needs_grad = torch.is_grad_enabled() and (x.requires_grad or kh.requires_grad)
         channels_last = is_channels_last(x)
-        dtype = self._compute_dtype(x) if len(self.tuned) > 0 else ''  # only a tuned table reads it
+        # autocast's dtype only for a tuned table's key; the direct guard only asks whether it is float64
+        dtype = self._compute_dtype(x) if len(self.tuned) > 0 else dtype_name(x.dtype)
         backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last, dtype)
         if not torch.jit.is_scripting() and _exporting_onnx():
             backend = 'matmul'  # the backend both torch.onnx exporters translate (docs/deployment.md, "ONNX")

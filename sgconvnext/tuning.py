@@ -7,6 +7,11 @@ fixes the fastest per layer: ``layer.tuned[key] = backend``. Layers set to ``bac
 that call; any other call keeps auto's rules. Nothing is timed during a forward pass, and TorchScript and
 torch.compile read the same choices.
 
+The tuner cannot hang on a backend: ``direct`` is not timed where the layer would not run it
+(``sgconv.direct_is_safe``), and a backend whose first call does not return within ``time_limit`` seconds is dropped
+for that call with a warning (the stalled call is left running on its own thread until the process ends: a C++
+call cannot be interrupted). The table names what was not timed and why (``not_timed``).
+
 A table is plain JSON (``save_backend_table``); ``load_backend_table`` applies a saved one when it was made on the
 same device with the same torch, and otherwise warns and leaves ``auto`` as it is. Under torch.distributed rank 0
 tunes and broadcasts its table, so every rank runs the same backends.
@@ -15,6 +20,7 @@ import copy
 import json
 import logging
 import statistics
+import threading
 import time
 import warnings
 from contextlib import nullcontext
@@ -23,7 +29,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .atomic import atomic_open
-from .sgconv import EXACT_BACKENDS, SGConv2d, call_key
+from .sgconv import DIRECT_MIN_CHANNELS_CPU, EXACT_BACKENDS, SGConv2d, call_key, direct_is_safe
 from .toeplitz import autocast_on, is_channels_last
 
 __all__ = ['tune_backends', 'save_backend_table', 'load_backend_table', 'apply_backend_table', 'clear_backends',
@@ -68,8 +74,10 @@ def _record_calls(model, example_input: torch.Tensor, train: bool) -> Dict[str, 
                                autocast=getattr(torch, dtype) if autocast_on(x.device.type) else None)
         return hook
 
+    backends = {name: layer.backend for name, layer in layers.items()}
     for name, layer in layers.items():
         hooks.append(layer.register_forward_pre_hook(recorder(name)))
+        layer.backend = 'matmul'  # the same function and call sizes, and never a backend that may stall
     was_training = model.training
     try:
         model.train(train)
@@ -77,13 +85,16 @@ def _record_calls(model, example_input: torch.Tensor, train: bool) -> Dict[str, 
             model(example_input)
     finally:
         model.train(was_training)
-        for hook in hooks:
+        for name, hook in zip(layers, hooks):
             hook.remove()
+            layers[name].backend = backends[name]
     return calls
 
 
-def _time_call(layer: SGConv2d, call: dict, backend: str, train: bool, warmup: int, runs: int) -> float:
-    """Median seconds of ``backend`` on a copy of ``layer`` for one call (forward + backward when training)."""
+def _time_call(layer: SGConv2d, call: dict, backend: str, train: bool, warmup: int, runs: int,
+               time_limit: float) -> Optional[float]:
+    """Median seconds of ``backend`` on a copy of ``layer`` for one call (forward + backward when training); None
+    when its first call did not return within ``time_limit`` seconds."""
     layer = copy.deepcopy(layer)
     layer.backend = backend
     device = layer.kernel_h.weight.device
@@ -99,28 +110,57 @@ def _time_call(layer: SGConv2d, call: dict, backend: str, train: bool, warmup: i
             y = layer(x)
         if train:
             y.backward(grad.to(y.dtype))
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
 
+    first = _seconds_if_within(step, time_limit)
+    if first is None:
+        return None
     times = []
-    for i in range(warmup + runs):
+    for i in range(warmup + runs - 1):  # the first call above was the first warm-up (or the only run)
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         step()
-        if device.type == 'cuda':
-            torch.cuda.synchronize(device)
-        if i >= warmup:
+        if i + 1 >= warmup:
             times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times) if times else first
+
+
+def _seconds_if_within(step, limit: float) -> Optional[float]:
+    """Run ``step()`` on a thread of its own: the seconds it took, or None when it had not returned within ``limit``
+    seconds (then it is left running). Its error is raised here."""
+    finished, errors = threading.Event(), []
+
+    def target():
+        try:
+            step()
+        except BaseException as e:  # noqa: B902 - handed to the caller's thread
+            errors.append(e)
+        finally:
+            finished.set()
+
+    start = time.perf_counter()
+    threading.Thread(target=target, name='sgconvnext-tune-call', daemon=True).start()
+    if not finished.wait(limit):
+        return None
+    seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return seconds
 
 
 def tune_backends(model, example_input: torch.Tensor, modes=('train', 'infer'), warmup: int = 1,
-                  runs: int = 3) -> dict:
+                  runs: int = 3, time_limit: float = 30.0) -> dict:
     """Time every exact backend for each distinct SGConv2d call ``model`` makes on ``example_input`` and fix the
     fastest per layer (module docstring). Run it where the model will run: on its device, in its memory format,
-    inside the autocast it will train under. Returns the table (``format_backend_table`` prints it)."""
+    inside the autocast it will train under. A backend whose first call takes longer than ``time_limit`` seconds is
+    dropped for that call. Returns the table (``format_backend_table`` prints it)."""
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
         raise TypeError(f'example_input must be a (B, C, H, W) tensor, got '
                         f'{tuple(example_input.shape) if isinstance(example_input, torch.Tensor) else type(example_input).__name__}')
+    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)) or not time_limit > 0:
+        raise ValueError(f'time_limit must be a positive number of seconds, got {time_limit!r}')
     bad = [m for m in modes if m not in ('train', 'infer')]
     if bad or not modes:
         raise ValueError(f"modes must be 'train' and / or 'infer', got {modes!r}")
@@ -130,7 +170,7 @@ def tune_backends(model, example_input: torch.Tensor, modes=('train', 'infer'), 
     if not distributed or torch.distributed.get_rank() == 0:
         devices = [example_input.device] if example_input.device.type == 'cuda' else []
         with torch.random.fork_rng(devices=devices):  # drop path and the timing inputs draw: leave the RNG as it was
-            table = _measure(model, layers, example_input, modes, warmup, runs)
+            table = _measure(model, layers, example_input, modes, warmup, runs, time_limit)
     if distributed:  # every rank runs rank 0's choices
         shared = [table]
         torch.distributed.broadcast_object_list(shared, src=0)
@@ -139,7 +179,7 @@ def tune_backends(model, example_input: torch.Tensor, modes=('train', 'infer'), 
     return table
 
 
-def _measure(model, layers, example_input, modes, warmup, runs) -> dict:
+def _measure(model, layers, example_input, modes, warmup, runs, time_limit) -> dict:
     device = example_input.device
     timings, timed = [], {}
     for mode in modes:
@@ -147,15 +187,38 @@ def _measure(model, layers, example_input, modes, warmup, runs) -> dict:
             layer = layers[name]
             signature = (call['key'], call['shape'], layer.l_max, layer.bias is not None)
             if signature not in timed:
-                ms = {b: 1e3 * _time_call(layer, call, b, mode == 'train', warmup, runs) for b in EXACT_BACKENDS}
-                timed[signature] = dict(key=call['key'], shape=list(call['shape']), ms=ms,
-                                        choice=min(ms, key=ms.get), layers=[])
+                timed[signature] = _time_backends(layer, call, mode == 'train', warmup, runs, time_limit)
                 timings.append(timed[signature])
             timed[signature]['layers'].append(name)
     return dict(format=TABLE_FORMAT, device=describe_device(device), device_type=device.type,
-                torch=torch.__version__, input_shape=list(example_input.shape),
+                torch=torch.__version__, input_shape=list(example_input.shape), time_limit_s=time_limit,
                 layers={name: dict(channels=layer.dim, l_max=list(layer.l_max)) for name, layer in layers.items()},
                 timings=timings)
+
+
+def _time_backends(layer: SGConv2d, call: dict, train: bool, warmup: int, runs: int, time_limit: float) -> dict:
+    """One timing entry: ms per backend that ran, the fastest (``choice``), and why any other was not timed."""
+    not_timed = {}
+    dtype = call['key'].split('/')[2]
+    if not direct_is_safe(layer.dim, layer.kernel_h.weight.device.type, dtype):
+        not_timed['direct'] = f'not run on CPU below {DIRECT_MIN_CHANNELS_CPU} channels (sgconv.direct_is_safe)'
+    ms = {}
+    for backend in EXACT_BACKENDS:
+        if backend in not_timed:
+            continue
+        seconds = _time_call(layer, call, backend, train, warmup, runs, time_limit)
+        if seconds is None:
+            not_timed[backend] = f'its first call did not return within {time_limit:g} s'
+            warnings.warn(f'tune_backends: {backend} dropped for {call["key"]} (input {tuple(call["shape"])}): '
+                          f'{not_timed[backend]}; the call is left running on a thread of its own', stacklevel=4)
+        else:
+            ms[backend] = 1e3 * seconds
+    # None (auto's rules kept) only if every backend was dropped
+    entry = dict(key=call['key'], shape=list(call['shape']), ms=ms, choice=min(ms, key=ms.get) if ms else None,
+                 layers=[])
+    if not_timed:
+        entry['not_timed'] = not_timed
+    return entry
 
 
 def apply_backend_table(model, table: dict) -> None:
@@ -164,7 +227,7 @@ def apply_backend_table(model, table: dict) -> None:
     _check_fits(table, layers, 'the table')
     clear_backends(model)
     for entry in table['timings']:
-        for name in entry['layers']:
+        for name in entry['layers'] if entry['choice'] is not None else []:
             layers[name].tuned[entry['key']] = entry['choice']
 
 
@@ -207,7 +270,7 @@ def _read_table(path: str) -> dict:
     for entry in table['timings']:
         if not isinstance(entry, dict) or not {'key', 'choice', 'layers'} <= set(entry):
             raise ValueError(f'backend table {path} is damaged: a timing lacks key, choice or layers')
-        if entry['choice'] not in EXACT_BACKENDS:
+        if entry['choice'] not in EXACT_BACKENDS and entry['choice'] is not None:
             raise ValueError(f'backend table {path} names an unknown backend {entry["choice"]!r} for '
                              f'{entry["key"]}; expected one of {", ".join(EXACT_BACKENDS)}')
     return table
@@ -241,13 +304,14 @@ def load_backend_table(model, path: str, device: Optional[torch.device] = None,
 
 
 def format_backend_table(table: dict) -> str:
-    """Markdown: one row per timed call, ms per backend, the choice, how many layers run it."""
+    """Markdown: one row per timed call, ms per backend, the choice, how many layers run it, what was not timed."""
     lines = [f"Backends tuned on {table['device']}, torch {table['torch']}, input {tuple(table['input_shape'])}:", '',
-             '| call | input | ' + ' | '.join(f'{b} ms' for b in EXACT_BACKENDS) + ' | choice | layers |',
-             '|---|---|' + '---|' * (len(EXACT_BACKENDS) + 2)]
+             '| call | input | ' + ' | '.join(f'{b} ms' for b in EXACT_BACKENDS) + ' | choice | layers | not timed |',
+             '|---|---|' + '---|' * (len(EXACT_BACKENDS) + 3)]
     for t in table['timings']:
         cells = [f"{t['ms'][b]:.3g}" if b in t.get('ms', {}) else '-' for b in EXACT_BACKENDS]
+        not_timed = '; '.join(f'{b}: {why}' for b, why in t.get('not_timed', {}).items())
         lines.append(f"| {t['key']} | {'x'.join(map(str, t['shape']))} | " + ' | '.join(cells)
-                     + f" | {t['choice']} | {len(t['layers'])} |")
+                     + f" | {t['choice'] or 'auto (nothing timed)'} | {len(t['layers'])} | {not_timed} |")
     return '\n'.join(lines)
 

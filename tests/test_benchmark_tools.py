@@ -1,7 +1,6 @@
 """tools/benchmark.py and tools/plot_kernels.py end to end on CPU, small models and sizes."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -15,6 +14,7 @@ sys.path.insert(0, TOOLS)
 
 import bench_report  # noqa: E402
 import benchmark  # noqa: E402
+import processes  # noqa: E402
 import plot_kernels  # noqa: E402
 from sgconvnext import SGConv2d  # noqa: E402
 from sgconvnext.sgconv import choose_backend  # noqa: E402
@@ -28,7 +28,7 @@ def test_end_to_end_bench_all_writes_json_and_report(tmp_path):
     report.write_text('# Benchmarks\n\n<!-- other:start -->\nkeep me\n<!-- other:end -->\n')
     cmd = [sys.executable, os.path.join(TOOLS, 'benchmark.py'), '--models', *ATTO, '--bench', 'all', *FAST,
            '--json', str(out), '--write', str(report), '--section', 'test']
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = processes.run(cmd, timeout=300, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     rows = json.loads(out.read_text())
     assert [r['model'] for r in rows] == ATTO

@@ -150,8 +150,8 @@ def test_onnx_export_runs_matmul_whatever_the_backend(monkeypatch):
     monkeypatch.setattr(sgconv_module, 'toeplitz_conv2d', lambda *a: ran.append(1) or real(*a))
     monkeypatch.setattr(sgconv_module, '_exporting_onnx', lambda: True)
     for backend in ('fft', 'direct'):
-        layer = SGConv2d(2, 6, backend=backend).eval()
-        x = torch.randn(1, 2, 6, 6)
+        layer = SGConv2d(32, 6, backend=backend).eval()  # 32 channels: "direct" runs its convolutions on CPU
+        x = torch.randn(1, 32, 6, 6)
         with torch.no_grad():
             out = layer(x)
         monkeypatch.setattr(sgconv_module, '_exporting_onnx', lambda: False)

@@ -1,7 +1,6 @@
 """tools/gpu_report.sh in its reduced CPU mode (the GPU run's steps at toy sizes), and benchmark.py's memory
 columns, --sg-tune and --plot."""
 import os
-import subprocess
 import sys
 
 import pytest
@@ -13,6 +12,7 @@ TOOLS = os.path.join(ROOT, 'tools')
 sys.path.insert(0, TOOLS)
 
 import benchmark  # noqa: E402
+import processes  # noqa: E402
 from bench_memory import peak_memory_mb  # noqa: E402
 import sgconvnext  # noqa: E402,F401
 
@@ -23,8 +23,8 @@ ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable)
 def test_reduced_report_writes_every_section(tmp_path):
     out = tmp_path / 'report.md'
     out.write_text('# Benchmarks\n\nkept as it was\n')
-    proc = subprocess.run(['bash', os.path.join(TOOLS, 'gpu_report.sh'), '--reduced', '--write', str(out)],
-                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=900)
+    proc = processes.run(['bash', os.path.join(TOOLS, 'gpu_report.sh'), '--reduced', '--write', str(out)],
+                         timeout=600, cwd=tmp_path, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = out.read_text()
     assert text.startswith('# Benchmarks\n\nkept as it was\n')
@@ -41,12 +41,11 @@ def test_reduced_report_writes_every_section(tmp_path):
 
 
 def test_report_refuses_bad_arguments_and_a_missing_gpu(tmp_path):
-    bad = subprocess.run(['bash', os.path.join(TOOLS, 'gpu_report.sh'), '--fast'], env=ENV, capture_output=True,
-                         text=True)
+    bad = processes.run(['bash', os.path.join(TOOLS, 'gpu_report.sh'), '--fast'], timeout=60, env=ENV)
     assert bad.returncode == 2 and "unknown argument '--fast'" in bad.stderr
     if not torch.cuda.is_available():
-        proc = subprocess.run(['bash', os.path.join(TOOLS, 'gpu_report.sh'), '--write', str(tmp_path / 'x.md')],
-                              env=ENV, capture_output=True, text=True)
+        proc = processes.run(['bash', os.path.join(TOOLS, 'gpu_report.sh'), '--write', str(tmp_path / 'x.md')],
+                             timeout=120, env=ENV)
         assert proc.returncode == 1 and 'no CUDA device here' in proc.stderr
         assert not (tmp_path / 'x.md').exists()
 

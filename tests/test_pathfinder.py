@@ -29,6 +29,7 @@ import make_pathfinder  # noqa: E402
 import pathfinder  # noqa: E402
 from light_cli import run_cli  # noqa: E402
 from cli_helpers import one_line_error  # noqa: E402
+import processes  # noqa: E402
 
 CLASSES = ('0_disconnected', '1_connected')
 
@@ -315,12 +316,11 @@ def test_refuses_a_non_empty_output_folder_and_writes_nothing_on_failure(tmp_pat
 
 
 def test_command_line_exit_status_and_progress_bar(tmp_path):
-    done = subprocess.run([sys.executable, TOOL, '--out', str(tmp_path / 'pf'), '--img-size', '32', '--train', '4',
-                           '--val', '2', '--workers', '1'], capture_output=True, text=True, timeout=120)
+    done = processes.run([sys.executable, TOOL, '--out', str(tmp_path / 'pf'), '--img-size', '32', '--train', '4',
+                          '--val', '2', '--workers', '1'], timeout=120)
     assert done.returncode == 0, done.stderr
     assert '6/6' in done.stderr and done.stdout == ''  # tqdm's bar on stderr
-    bad = subprocess.run([sys.executable, TOOL, '--out', str(tmp_path / 'x'), '--img-size', '31'],
-                         capture_output=True, text=True, timeout=120)
+    bad = processes.run([sys.executable, TOOL, '--out', str(tmp_path / 'x'), '--img-size', '31'], timeout=120)
     assert bad.returncode != 0
     assert bad.stderr.strip() == ('make_pathfinder.py: error: argument --img-size: must be between 32 and 256 px, '
                                   'got 31 (see --help)')
@@ -330,10 +330,9 @@ def test_command_line_exit_status_and_progress_bar(tmp_path):
 def test_sigterm_while_writing_leaves_nothing_on_disk(tmp_path, workers):
     import signal
     import time
-    proc = subprocess.Popen([sys.executable, TOOL, '--out', str(tmp_path / 'pf'), '--img-size', '64', '--train',
-                             '20000', '--val', '0', '--workers', str(workers), '--quiet'],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with processes.started([sys.executable, TOOL, '--out', str(tmp_path / 'pf'), '--img-size', '64', '--train',
+                            '20000', '--val', '0', '--workers', str(workers), '--quiet'],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         deadline = time.time() + 60
         # wait until images are being written into the temporary folder
         while time.time() < deadline and not any(
@@ -342,8 +341,6 @@ def test_sigterm_while_writing_leaves_nothing_on_disk(tmp_path, workers):
         assert proc.poll() is None, proc.stderr.read()
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    finally:
-        proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM
     assert os.listdir(tmp_path) == []
 

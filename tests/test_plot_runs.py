@@ -1,6 +1,5 @@
 """tools/plot_runs.py: a PNG of learning curves from hand-written summary.csv files; every bad input refused."""
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -14,6 +13,7 @@ sys.path.insert(0, os.path.join(ROOT, 'tools'))
 import plot_runs  # noqa: E402
 from light_cli import run_cli  # noqa: E402
 from cli_helpers import one_line_error  # noqa: E402
+import processes  # noqa: E402
 
 HEADER = 'epoch,train_loss,eval_loss,eval_top1,eval_top5,lr\n'
 
@@ -109,8 +109,7 @@ def test_without_matplotlib_it_says_how_to_install_it(two_runs, tmp_path):
     code = ("import runpy, sys; sys.modules['matplotlib'] = None; "  # makes `import matplotlib...` fail
             f"sys.argv = ['plot_runs.py', *{list(two_runs)!r}, '--out', {str(tmp_path / 'c.png')!r}]; "
             f"runpy.run_path({TOOL!r}, run_name='__main__')")
-    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
-                          cwd=os.path.join(ROOT, 'tools'))
+    done = processes.run([sys.executable, '-c', code], timeout=120, cwd=os.path.join(ROOT, 'tools'))
     assert done.returncode == 1
     assert done.stderr.strip() == ('plot_runs.py: error: plot_runs.py needs matplotlib, an optional extra: '
                                    'pip install matplotlib (or pip install .[plot], or pip install -r '

@@ -7,13 +7,13 @@ The kernels keep the 32 px geometry they were trained with all along.
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 import torch
 
 from cli_helpers import ROOT, load_script
+import processes
 from sgconvnext.kernel import unpack_geometry
 from tiny_dataset import make_image_folder
 
@@ -103,9 +103,9 @@ def test_384_fine_tune_recipe_runs_from_a_smaller_checkpoint(trained_at_32, caps
 def test_validate_runs_as_a_command_without_installing_the_package(trained_at_32, tmp_path):
     data, _, checkpoint = trained_at_32
     env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'validate.py'), '--checkpoint', str(checkpoint),
-                           '--data-dir', data, '-b', '4', '-j', '0', '--device', 'cpu', '--img-size', '48',
-                           '--results-file', str(tmp_path / 'r.json')],
-                          cwd=tmp_path, env=dict(env, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=300)
+    proc = processes.run([sys.executable, os.path.join(ROOT, 'tools', 'validate.py'), '--checkpoint', str(checkpoint),
+                          '--data-dir', data, '-b', '4', '-j', '0', '--device', 'cpu', '--img-size', '48',
+                          '--results-file', str(tmp_path / 'r.json')],
+                         timeout=300, cwd=tmp_path, env=dict(env, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / 'r.json').read_text())['img_size'] == 48

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from reference import direct_conv, reference_sgconv
 from sgconvnext import SGConv2d
-from sgconvnext import toeplitz
+from sgconvnext import sgconv, toeplitz
 from sgconvnext.sgconv import choose_backend, fast_fft_length
 
 BACKENDS = ('fft', 'matmul', 'direct', 'auto')
@@ -57,6 +57,25 @@ def test_float32_matches_float64_reference(backend, h, w, l_max, resize):
     x32 = x.detach().float().requires_grad_()
     out32, ref = layer32(x32), reference_sgconv(layer, x)
     assert out32.dtype == torch.float32
+    assert rel_err(out32.double(), ref) < 1e-5
+    for g, g_ref in zip(grads(out32, [x32] + list(layer32.parameters())), grads(ref, [x] + list(layer.parameters()))):
+        assert rel_err(g.double(), g_ref) < 1e-5
+
+
+@pytest.mark.parametrize('channels_last', (False, True))
+@pytest.mark.parametrize('h,w,l_max', SHAPES)
+def test_direct_itself_matches_the_float64_reference_where_it_runs(h, w, l_max, channels_last):
+    # The tests above run 3 channels, where "direct" runs matmul in float32 on CPU (sgconv.direct_is_safe): here it
+    # runs the depthwise convolutions, at the smallest channel count it is let run.
+    channels = sgconv.DIRECT_MIN_CHANNELS_CPU
+    layer = make_layer(l_max, channels=channels, backend='direct')
+    layer32 = make_layer(l_max, dtype=torch.float32, channels=channels, backend='direct')
+    layer32.load_state_dict(layer.state_dict())
+    assert layer32.resolve_backend(h, w, torch.device('cpu'), True, channels_last, 'float32') == 'direct'
+    x = torch.randn(2, channels, h, w, dtype=torch.float64)
+    x32 = x.float().contiguous(memory_format=torch.channels_last) if channels_last else x.float()
+    x, x32 = x.requires_grad_(), x32.requires_grad_()
+    out32, ref = layer32(x32), reference_sgconv(layer, x)
     assert rel_err(out32.double(), ref) < 1e-5
     for g, g_ref in zip(grads(out32, [x32] + list(layer32.parameters())), grads(ref, [x] + list(layer.parameters()))):
         assert rel_err(g.double(), g_ref) < 1e-5

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 
@@ -20,6 +19,7 @@ import torch
 import yaml
 
 from cli_helpers import load_script, one_line_error
+import processes
 from tiny_dataset import make_image_folder
 from sgconvnext.training.checkpoint import CheckpointSaver, trim_summary
 from sgconvnext.training.config import CLIError, parse_args, run_cli
@@ -49,8 +49,7 @@ def train_args(data_dir, out, experiment, *extra):
 
 
 def run(*args, timeout=600):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    return processes.run([sys.executable, *args], timeout=timeout, cwd=ROOT, env=ENV)
 
 
 def read_summary(path):
@@ -131,8 +130,8 @@ def test_run_killed_mid_training_resumes_with_one_row_per_epoch(data_dir, tmp_pa
     # logged its first step, after the checkpoint of epoch 0. The resumed run must end with rows 0..3.
     args = train_args(data_dir, tmp_path, 'kill', '--epochs', '4', '-b', '2', '--img-size', '64')
     last, log_path = tmp_path / 'kill' / 'last.pth.tar', tmp_path / 'log.txt'
-    with open(log_path, 'w') as log:
-        proc = subprocess.Popen([sys.executable, TRAIN, *args], cwd=ROOT, env=ENV, stdout=log, stderr=log)
+    with open(log_path, 'w') as log, processes.started([sys.executable, TRAIN, *args], cwd=ROOT, env=ENV, stdout=log,
+                                                      stderr=log) as proc:
         deadline = time.time() + 300
         while 'Train: 1 [' not in log_path.read_text():
             assert proc.poll() is None, log_path.read_text()[-3000:]
