@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .resize import DEFAULT_RESIZE, check_resize, stretch_matrix
+from .runtime import is_compiling
 
 __all__ = ['SGKernel1d', 'num_scales', 'pack_geometry', 'unpack_geometry']
 
@@ -68,14 +69,6 @@ def _untraced():
     finally:
         if state is not None:
             torch._C._set_tracing_state(state)
-
-
-@torch.jit.unused
-def _is_compiling() -> bool:
-    compiler = getattr(torch, 'compiler', None)
-    if compiler is not None and hasattr(compiler, 'is_compiling'):
-        return compiler.is_compiling()
-    return torch._dynamo.is_compiling()  # torch < 2.3
 
 
 def pack_geometry(l_max: int, kernel_dim: int, decay: float) -> torch.Tensor:
@@ -213,7 +206,7 @@ class SGKernel1d(nn.Module):
     def stretched_basis(self, length: int) -> torch.Tensor:
         """``basis @ stretch_matrix(l_max, length)``, (rows, 2 * length - 1), computed in float64 once per length."""
         # TorchScript, torch.compile and export compute it in the graph (no cache writes there; the product is small)
-        if torch.jit.is_scripting() or _is_compiling():
+        if torch.jit.is_scripting() or is_compiling():
             return self.basis @ stretch_matrix(self.l_max, length, self.basis.dtype, self.basis.device)
         return self._cached_stretched_basis(length)
 
@@ -283,5 +276,5 @@ class SGKernel1d(nn.Module):
 def missing_geometry_error(key: str) -> ValueError:
     return ValueError(
         f'{key} is missing: the checkpoint has SGConv kernel weights but not the geometry they were built for '
-        f'(saved by sgconvnext < 0.2). Add it with sgconvnext.add_kernel_geometry(state_dict, img_size=<the img_size '
+        f'(saved by a development version of sgconvnext 0.1.0 from before the geometry was saved). Add it with sgconvnext.add_kernel_geometry(state_dict, img_size=<the img_size '
         f'the model was built with>) and save the result.')

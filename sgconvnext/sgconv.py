@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernel import SGKernel1d, _is_compiling, _positive_int
+from .kernel import SGKernel1d, _positive_int
 from .resize import DEFAULT_RESIZE, check_resize
-from .toeplitz import _exporting_onnx, autocast_on, is_channels_last, toeplitz_conv2d
+from .runtime import autocast_on, exporting_onnx, is_compiling
+from .toeplitz import is_channels_last, toeplitz_conv2d
 
 __all__ = ['SGConv2d', 'BACKENDS', 'EXACT_BACKENDS', 'call_key', 'choose_backend', 'direct_conv2d', 'fast_fft_length',
            'direct_is_safe', 'fft_conv2d', 'toeplitz_conv2d']
@@ -304,7 +305,7 @@ class SGConv2d(nn.Module):
     def _tuned_choice(self, height: int, width: int, channels_last: bool, dtype: str, needs_grad: bool,
                       device_type: str) -> str:
         """The tuned backend for this call, '' when the table has none."""
-        if not torch.jit.is_scripting() and _is_compiling():  # sizes may be traced as symbols, which have no text
+        if not torch.jit.is_scripting() and is_compiling():  # sizes may be traced as symbols, which have no text
             for key, backend in self.tuned.items():
                 if _key_matches(key, height, width, channels_last, dtype, needs_grad, device_type):
                     return backend
@@ -333,7 +334,7 @@ class SGConv2d(nn.Module):
         # autocast's dtype only for a tuned table's key; the direct guard only asks whether it is float64
         dtype = self._compute_dtype(x) if len(self.tuned) > 0 else dtype_name(x.dtype)
         backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last, dtype)
-        if not torch.jit.is_scripting() and _exporting_onnx():
+        if not torch.jit.is_scripting() and exporting_onnx():
             backend = 'matmul'  # the backend both torch.onnx exporters translate (docs/deployment.md, "ONNX")
         if backend == 'direct':
             return direct_conv2d(x, kh, kw, self.bias)

@@ -18,7 +18,9 @@ from typing import Optional
 
 import torch
 
-__all__ = ['toeplitz_conv2d', 'is_channels_last', 'autocast_on', 'PER_IMAGE_MIN_PIXELS']
+from .runtime import autocast_on, exporting_onnx, in_graph_capture
+
+__all__ = ['toeplitz_conv2d', 'is_channels_last', 'PER_IMAGE_MIN_PIXELS']
 
 # Image by image when H*W >= this, on CPU with channels_last input. Measured on a 2-core CPU
 # (forward + backward / 7x7 depthwise conv, tools/bench_sgconv.py shapes): at 56x56 (C=96, B=8 and 16)
@@ -37,16 +39,11 @@ def is_channels_last(x: torch.Tensor) -> bool:
 
 def _toeplitz(kernel: torch.Tensor, n: int) -> torch.Tensor:
     """(C, 2n-1) centred kernel -> (C, n, n) matrix T with ``T[c, i, j] = kernel[c, n - 1 + i - j]``."""
-    if not torch.jit.is_scripting() and _exporting_onnx():
+    if not torch.jit.is_scripting() and exporting_onnx():
         # torch.onnx's TorchScript-based exporter fails on unfold once the batch axis is dynamic: a gather instead
         i = torch.arange(n, device=kernel.device)
         return kernel[:, (n - 1) + i.unsqueeze(1) - i.unsqueeze(0)]
     return kernel.flip(-1).unfold(-1, n, 1).flip(-2)
-
-
-@torch.jit.unused
-def _exporting_onnx() -> bool:
-    return torch.onnx.is_in_onnx_export()
 
 
 def _to_channel_major(x: torch.Tensor) -> torch.Tensor:
@@ -179,27 +176,6 @@ class _ImageByImage(_ToeplitzFunction):
         return grad_x, grad_th, grad_tw_t
 
 
-@torch.jit.unused
-def autocast_on(device_type: str) -> bool:
-    """Whether autocast is enabled for ``device_type`` (False for devices without autocast, such as meta)."""
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 takes no device argument
-        return torch.is_autocast_cpu_enabled() if device_type == 'cpu' else (
-            device_type == 'cuda' and torch.is_autocast_enabled())
-    except RuntimeError:  # "unknown device type for autocast"
-        return False
-
-
-@torch.jit.unused
-def _in_graph_capture() -> bool:
-    """Traced, compiled or exported: the Functions and the per-image loop are left out (module docstring)."""
-    compiler = getattr(torch, 'compiler', None)
-    compiling = compiler.is_compiling() if compiler is not None and hasattr(compiler, 'is_compiling') \
-        else torch._dynamo.is_compiling()
-    return compiling or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-
-
 def toeplitz_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
                     bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Zero-padded separable convolution by two batched Toeplitz products, plus an optional bias.
@@ -219,7 +195,7 @@ def toeplitz_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
 
 @torch.jit.unused
 def _toeplitz_eager(x, kh, kw, bias, channels_last: bool) -> torch.Tensor:
-    captured = _in_graph_capture()
+    captured = in_graph_capture()
     b, h, w = x.shape[0], x.shape[2], x.shape[3]
     # Autocast would run the products in low precision, which the image-by-image output buffer (x's dtype)
     # does not follow: leave autocast to the whole-batch path.

@@ -30,7 +30,8 @@ import torch
 
 from .atomic import atomic_open
 from .sgconv import DIRECT_MIN_CHANNELS_CPU, EXACT_BACKENDS, SGConv2d, call_key, direct_is_safe
-from .toeplitz import autocast_on, is_channels_last
+from .runtime import autocast_on
+from .toeplitz import is_channels_last
 
 __all__ = ['tune_backends', 'save_backend_table', 'load_backend_table', 'apply_backend_table', 'clear_backends',
            'describe_device', 'format_backend_table']

@@ -148,16 +148,16 @@ def test_onnx_export_runs_matmul_whatever_the_backend(monkeypatch):
     import sgconvnext.sgconv as sgconv_module
     real = sgconv_module.toeplitz_conv2d
     monkeypatch.setattr(sgconv_module, 'toeplitz_conv2d', lambda *a: ran.append(1) or real(*a))
-    monkeypatch.setattr(sgconv_module, '_exporting_onnx', lambda: True)
+    monkeypatch.setattr(sgconv_module, 'exporting_onnx', lambda: True)
     for backend in ('fft', 'direct'):
         layer = SGConv2d(32, 6, backend=backend).eval()  # 32 channels: "direct" runs its convolutions on CPU
         x = torch.randn(1, 32, 6, 6)
         with torch.no_grad():
             out = layer(x)
-        monkeypatch.setattr(sgconv_module, '_exporting_onnx', lambda: False)
+        monkeypatch.setattr(sgconv_module, 'exporting_onnx', lambda: False)
         with torch.no_grad():
             torch.testing.assert_close(out, layer(x), rtol=1e-5, atol=1e-6)
-        monkeypatch.setattr(sgconv_module, '_exporting_onnx', lambda: True)
+        monkeypatch.setattr(sgconv_module, 'exporting_onnx', lambda: True)
     assert len(ran) == 2
 
 
