@@ -13,8 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, 'tools')
 sys.path.insert(0, TOOLS)
 
-import bench_report  # noqa: E402
 import benchmark  # noqa: E402
+from bench import report as bench_report  # noqa: E402
 import plot_kernels  # noqa: E402
 from sgconvnext import SGConv2d  # noqa: E402
 from sgconvnext.sgconv import choose_backend  # noqa: E402

@@ -13,7 +13,7 @@ TOOLS = os.path.join(ROOT, 'tools')
 sys.path.insert(0, TOOLS)
 
 import benchmark  # noqa: E402
-from bench_memory import peak_memory_mb  # noqa: E402
+from bench.memory import peak_memory_mb  # noqa: E402
 import sgconvnext  # noqa: E402,F401
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable)

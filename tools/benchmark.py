@@ -42,10 +42,10 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench_report import make_report
-from bench_memory import peak_memory_mb
-from bench_plot import check_plot_path, plot_sweep
-from bench_utils import create_model_for_size, interleaved_medians, log, split_model_entry, synchronize, write_section
+from bench.memory import peak_memory_mb
+from bench.plot import check_plot_path, plot_sweep
+from bench.report import make_report
+from bench.utils import create_model_for_size, interleaved_medians, log, split_model_entry, synchronize, write_section
 
 import timm  # noqa: E402
 import sgconvnext  # noqa: E402,F401  (registers the sgconvnext_* models)

@@ -4,7 +4,7 @@ import datetime
 
 import torch
 
-from bench_utils import command_line, describe_machine, git_revision
+from .utils import command_line, describe_machine, git_revision
 
 NOISY_SPREAD = 0.2  # (max - min) / median of the timed steps above which a timing is flagged as noisy
 
@@ -100,7 +100,7 @@ def make_report(rows: list, args, device: torch.device, load: tuple) -> str:
                      + f'; load average before / after: {load[0]:.2f} / {load[1]:.2f}')
         lines.append('- peak MiB: one more step per model after the timed ones, parameters, gradients and optimizer state '
                      'included: ' + ("CUDA's max_memory_allocated" if device.type == 'cuda' else
-                                     "the live tensor bytes PyTorch's MemTracker counts (tools/bench_memory.py)"))
+                                     "the live tensor bytes PyTorch's MemTracker counts (tools/bench/memory.py)"))
         if getattr(args, 'sg_tune', False):
             lines.append('- SGConv2d backends tuned on this device (`--sg-tune`, `sgconvnext.tune_backends`) before '
                          'the FLOPs, the backend table and the timing; tables below')
