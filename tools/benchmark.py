@@ -19,7 +19,8 @@ Any timm model name works (importing sgconvnext registers the sgconvnext_* famil
 * GMACs: fvcore multiply-adds per image at batch 1, with sgconvnext.flops' handles (FFTs and complex
   products counted, see that module). "GMACs" is the inference forward (eval, no grad); "GMACs train"
   the forward as run when training. They differ only where the ops depend on grad mode: SGConv2d's
-  "auto" backend picks per map size and grad mode (a table lists its picks per stage).
+  "auto" backend picks per map size and grad mode (a table lists its picks per stage). Both are taken in the
+  run's conditions (--channels-last, --amp) and after --sg-tune, so they show what the timed steps run.
 * mixer GMACs: the part of GMACs spent in the blocks' token mixers (modules named ``conv_dw``).
 * act. (M): fvcore activations (outputs of convs, matmuls, FFTs) per image.
 * img/s: --warmup untimed steps, then the median of --steps timed steps per model, models interleaved
