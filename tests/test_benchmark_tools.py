@@ -12,12 +12,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, 'tools')
 sys.path.insert(0, TOOLS)
 
-import bench_report  # noqa: E402
 import benchmark  # noqa: E402
+<<<<<<< HEAD
 import processes  # noqa: E402
+=======
+from bench import report as bench_report  # noqa: E402
+>>>>>>> house
 import plot_kernels  # noqa: E402
 from sgconvnext import SGConv2d  # noqa: E402
 from sgconvnext.sgconv import choose_backend  # noqa: E402
+from sgconvnext.toeplitz import is_channels_last  # noqa: E402
 
 ATTO = ['sgconvnext_atto', 'convnext_atto']
 FAST = ['--img-size', '64', '--batch-size', '2', '--warmup', '0', '--steps', '2', '--device', 'cpu']
@@ -49,12 +53,12 @@ def test_end_to_end_bench_all_writes_json_and_report(tmp_path):
 
 
 def input_layouts(size):
-    """Whether each stage's first SGConv2d sees a channels_last input, observed with a hook."""
+    """Whether each stage's first SGConv2d sees a channels_last input (as its forward decides), observed with a hook."""
     model = timm.create_model('sgconvnext_atto', img_size=size).eval()
     seen = []
     for stage in model.stages:
         stage.blocks[0].conv_dw.register_forward_pre_hook(
-            lambda m, inputs: seen.append(inputs[0].is_contiguous(memory_format=torch.channels_last)))
+            lambda m, inputs: seen.append(is_channels_last(inputs[0])))  # the layer's rule (1x1 maps: not)
     with torch.no_grad():
         model(torch.randn(1, 3, size, size))
     return seen

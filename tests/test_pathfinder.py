@@ -23,11 +23,11 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'studies', 'pathfinder', 'make_pathfinder.py')
-sys.path[:0] = [os.path.join(ROOT, 'studies', 'pathfinder'), os.path.join(ROOT, 'tools')]
+sys.path[:0] = [os.path.join(ROOT, 'studies', 'pathfinder'), ROOT]
 
 import make_pathfinder  # noqa: E402
 import pathfinder  # noqa: E402
-from light_cli import run_cli  # noqa: E402
+from sgconvnext_cli import run_cli  # noqa: E402
 from cli_helpers import one_line_error  # noqa: E402
 import processes  # noqa: E402
 

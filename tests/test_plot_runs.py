@@ -8,10 +8,10 @@ from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'plot_runs.py')
-sys.path.insert(0, os.path.join(ROOT, 'tools'))
+sys.path[:0] = [os.path.join(ROOT, 'tools'), ROOT]
 
 import plot_runs  # noqa: E402
-from light_cli import run_cli  # noqa: E402
+from sgconvnext_cli import run_cli  # noqa: E402
 from cli_helpers import one_line_error  # noqa: E402
 import processes  # noqa: E402
 

@@ -15,7 +15,7 @@ import datetime
 import torch
 from torch import nn
 
-from bench_utils import command_line, describe_machine, git_revision, interleaved_medians, log, write_section
+from bench.utils import command_line, describe_machine, git_revision, interleaved_medians, log, write_section
 
 from sgconvnext import SGConv2d  # noqa: E402
 

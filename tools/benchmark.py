@@ -19,7 +19,8 @@ Any timm model name works (importing sgconvnext registers the sgconvnext_* famil
 * GMACs: fvcore multiply-adds per image at batch 1, with sgconvnext.flops' handles (FFTs and complex
   products counted, see that module). "GMACs" is the inference forward (eval, no grad); "GMACs train"
   the forward as run when training. They differ only where the ops depend on grad mode: SGConv2d's
-  "auto" backend picks per map size and grad mode (a table lists its picks per stage).
+  "auto" backend picks per map size and grad mode (a table lists its picks per stage). Both are taken in the
+  run's conditions (--channels-last, --amp) and after --sg-tune, so they show what the timed steps run.
 * mixer GMACs: the part of GMACs spent in the blocks' token mixers (modules named ``conv_dw``).
 * act. (M): fvcore activations (outputs of convs, matmuls, FFTs) per image.
 * img/s: --warmup untimed steps, then the median of --steps timed steps per model, models interleaved
@@ -42,16 +43,16 @@ import time
 import torch
 import torch.nn.functional as F
 
-from bench_report import make_report
-from bench_memory import peak_memory_mb
-from bench_plot import check_plot_path, plot_sweep
-from bench_utils import create_model_for_size, interleaved_medians, log, split_model_entry, synchronize, write_section
+from bench.measure import auto_backends, measure_flops
+from bench.memory import peak_memory_mb
+from bench.plot import check_plot_path, plot_sweep
+from bench.report import make_report
+from bench.utils import create_model_for_size, interleaved_medians, log, split_model_entry, synchronize, write_section
 
 import timm  # noqa: E402
 import sgconvnext  # noqa: E402,F401  (registers the sgconvnext_* models)
 from sgconvnext import SGConv2d  # noqa: E402
 from sgconvnext.atomic import atomic_open  # noqa: E402
-from sgconvnext.flops import count_activations, count_flops  # noqa: E402
 
 BENCHES = ('flops', 'infer', 'train')
 
@@ -90,8 +91,10 @@ def parse_args(argv=None):
                    help='extra timm.create_model kwargs for every model (e.g. sg_backend=fft drop_path_rate=0.1)')
     p.add_argument('--batch-size', type=int, default=None, help='batch size for timing (default: 8 on cpu, 64 on cuda)')
     p.add_argument('--device', default=None, help='cpu or cuda[:i] (default: cuda if available, else cpu)')
-    p.add_argument('--amp', choices=('none', 'bf16', 'fp16'), default='none', help='autocast dtype for timing')
-    p.add_argument('--channels-last', action='store_true', help='channels_last model and inputs for timing')
+    p.add_argument('--amp', choices=('none', 'bf16', 'fp16'), default='none',
+                   help='autocast dtype of the run (timing, FLOPs and the backend table)')
+    p.add_argument('--channels-last', action='store_true',
+                   help='channels_last model and inputs (timing, FLOPs and the backend table)')
     p.add_argument('--compile', action='store_true', help='torch.compile the model for timing (not for FLOPs)')
     p.add_argument('--compile-backend', default='inductor', help='torch.compile backend (default: inductor)')
     p.add_argument('--bench', nargs='+', choices=BENCHES + ('all',), default=['flops', 'infer'],
@@ -101,7 +104,8 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, default=None,
                    help='torch CPU threads (default: torch\'s, one per core); 1 is steadier on a shared machine')
     p.add_argument('--sg-tune', action='store_true',
-                   help='time SGConv2d\'s backends on this device for the timed input first (sgconvnext.tune_backends)')
+                   help='time SGConv2d\'s backends on this device for the timed input first (sgconvnext.tune_backends; '
+                        'needs --bench infer or train: the modes it tunes)')
     p.add_argument('--plot', metavar='PATH', help='draw img/s and peak memory against --img-size, a line per model '
                    '(.png, .svg or .pdf; needs matplotlib: pip install -r requirements-plot.txt)')
     p.add_argument('--json', metavar='PATH', help='write the rows as a JSON list')
@@ -154,6 +158,8 @@ def check_args(p: argparse.ArgumentParser, args) -> None:
     if args.steps < 1 or args.warmup < 0:
         p.error(f'--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}')
     args.bench = list(BENCHES) if 'all' in args.bench else [b for b in BENCHES if b in args.bench]
+    if args.sg_tune and not any(b in args.bench for b in ('infer', 'train')):
+        p.error('--sg-tune tunes the backends of the timed steps: give --bench infer, train or all')
     if args.section is not None and not args.write:
         p.error('--section names a section of --write PATH; give --write too')
     if args.plot is not None:
@@ -171,61 +177,6 @@ def create_model(name: str, img_size: int, device: torch.device, **kwargs):
 def example_input(model, batch_size: int, img_size: int, device: torch.device) -> torch.Tensor:
     channels = (getattr(model, 'pretrained_cfg', None) or {}).get('input_size', (3,))[0]
     return torch.randn(batch_size, channels, img_size, img_size, device=device)
-
-
-def auto_backends(model, x: torch.Tensor):
-    """Per stage of SGConv2d layers: map size, the size the kernels were built for, the size policy (how they meet
-    another size) and the backend "auto" runs for inference and training.
-
-    Map sizes and input layouts come from one forward pass (batch 1, no grad) with pre-hooks on the layers.
-    Returns [] for models without SGConv2d.
-    """
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, SGConv2d)]
-    if not layers:
-        return []
-    sizes = {}
-
-    def record(name):
-        def hook(module, inputs):
-            x_in = inputs[0]
-            sizes.setdefault(name, (*x_in.shape[-2:], x_in.is_contiguous(memory_format=torch.channels_last)))
-        return hook
-
-    hooks = [m.register_forward_pre_hook(record(name)) for name, m in layers]
-    try:
-        with torch.no_grad():
-            model.eval()(x[:1])
-    finally:
-        for h in hooks:
-            h.remove()
-    stages = {}
-    for name, layer in layers:
-        h, w, channels_last = sizes[name]
-        stage = name.split('.')[1] if name.startswith('stages.') else name.rsplit('.', 1)[0]
-        entry = stages.setdefault(stage, {'stage': stage, 'map': [h, w], 'built': list(layer.l_max),
-                                          'resize': layer.resize, 'infer': set(), 'train': set()})
-        entry['infer'].add(layer.resolve_backend(h, w, x.device, needs_grad=False, channels_last=channels_last))
-        entry['train'].add(layer.resolve_backend(h, w, x.device, needs_grad=True, channels_last=channels_last))
-    return [dict(e, infer='/'.join(sorted(e['infer'])), train='/'.join(sorted(e['train']))) for e in stages.values()]
-
-
-def measure_flops(model, x: torch.Tensor) -> dict:
-    """Per-image GMACs (inference and training forward), mixer GMACs and activations, at batch 1."""
-    x1 = x[:1]
-    model.eval()
-    flops = count_flops(model, x1, grad_enabled=False).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    macs = flops.total()
-    mixers = [name for name, _ in model.named_modules() if name.endswith('conv_dw')]
-    mixer_macs = sum(flops.total(name) for name in mixers) if mixers else None
-    if any(isinstance(m, SGConv2d) for m in model.modules()):  # auto's pick depends on grad mode
-        train = count_flops(model, x1, grad_enabled=True).unsupported_ops_warnings(False)
-        macs_train = train.uncalled_modules_warnings(False).total()
-    else:
-        macs_train = macs
-    acts = count_activations(model, x1, grad_enabled=False).unsupported_ops_warnings(False)
-    acts = acts.uncalled_modules_warnings(False).total()
-    return {'gmacs': macs / 1e9, 'gmacs_train': macs_train / 1e9,
-            'mixer_gmacs': None if mixer_macs is None else mixer_macs / 1e9, 'activations_m': acts / 1e6}
 
 
 class _Recorder:
@@ -246,10 +197,11 @@ class _Recorder:
         return (max(timed) - min(timed)) / statistics.median(timed)
 
 
-def autocast_for(args, device: torch.device):
-    """The autocast context of --amp (a null context for none)."""
+def autocast_for(args, device: torch.device, cache: bool = True):
+    """The autocast context of --amp (a null context for none). ``cache=False`` for tracing (FLOP counts): autocast's
+    cached casts of the weights would enter the traced graph as constants that require grad, which jit refuses."""
     amp_dtype = {'none': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.amp]
-    return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=amp_dtype, cache_enabled=cache) if amp_dtype else contextlib.nullcontext()
 
 
 def make_step(model, runner, x: torch.Tensor, mode: str, args, device: torch.device):
@@ -302,50 +254,55 @@ def tune(models: dict, rows: list, x: torch.Tensor, args, device: torch.device) 
         row['sg_tuned'] = format_backend_table(table)
 
 
-def run_group(args, group: list, index: int, img_size: int, device: torch.device) -> list:
-    """Rows for every model of one --models group at one image size."""
+def build_group(args, group: list, index: int, img_size: int, device: torch.device):
+    """(rows, {name: (model, runner)}, timed input) for one --models group at one image size: the models in the
+    layout of the run (--channels-last), each checked to take the size."""
     rows, models = [], {}
     for name in group:  # a --models entry: the model's name, with its own kwargs if any
         model_name, model_kwargs = args.specs[name]
         log(f'[{img_size}px] {name}: building')
         try:
             model = create_model(model_name, args.build_size or img_size, device, **model_kwargs)
-            x = example_input(model, args.batch_size, img_size, device)
-            backends = auto_backends(model, x)
-            if not backends:
-                with torch.no_grad():
-                    model.eval()(x[:1])  # a clear error now if the model cannot take this size
-        except Exception as e:  # noqa: BLE001 -- one line naming the model and size, not a traceback
-            raise SystemExit(f'benchmark.py: error: {name} at --img-size {img_size}: {type(e).__name__}: {e}')
-        row = {'model': name, 'model_name': model_name, 'model_kwargs': model_kwargs, 'group': index,
-               'img_size': img_size, 'build_size': args.build_size or img_size, 'batch_size': args.batch_size,
-               'device': str(device), 'amp': args.amp, 'channels_last': args.channels_last, 'compile': args.compile,
-               'params': sum(p.numel() for p in model.parameters()), 'auto_backends': backends}
-        row['params_m'] = row['params'] / 1e6
-        if 'flops' in args.bench:
-            log(f'[{img_size}px] {name}: counting FLOPs')
-            row.update(measure_flops(model, x))
-        rows.append(row)
-        if 'infer' in args.bench or 'train' in args.bench:
             if args.channels_last:
                 model = model.to(memory_format=torch.channels_last)
-            models[name] = (model, torch.compile(model, backend=args.compile_backend) if args.compile else model)
-    if models:
-        x = example_input(next(iter(models.values()))[0], args.batch_size, img_size, device)
-        if args.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        if args.sg_tune:
-            tune(models, rows, x, args, device)
-        for mode in ('infer', 'train'):
-            if mode in args.bench:
-                log(f'[{img_size}px] timing {mode} at batch {args.batch_size}')
-                timings = time_steps(models, x, mode, args, device)
-                for row in rows:
-                    seconds, spread, peak = timings[row['model']]
-                    row[f'{mode}_ms_per_step'] = seconds * 1e3
-                    row[f'{mode}_img_s'] = args.batch_size / seconds
-                    row[f'{mode}_spread'] = spread
-                    row[f'{mode}_peak_mb'] = peak
+            x = example_input(model, args.batch_size, img_size, device)
+            with torch.no_grad():
+                model.eval()(x[:1])  # a clear error now if the model cannot take this size
+        except Exception as e:  # noqa: BLE001 -- one line naming the model and size, not a traceback
+            raise SystemExit(f'benchmark.py: error: {name} at --img-size {img_size}: {type(e).__name__}: {e}')
+        rows.append({'model': name, 'model_name': model_name, 'model_kwargs': model_kwargs, 'group': index,
+                     'img_size': img_size, 'build_size': args.build_size or img_size, 'batch_size': args.batch_size,
+                     'device': str(device), 'amp': args.amp, 'channels_last': args.channels_last,
+                     'compile': args.compile, 'params': sum(p.numel() for p in model.parameters())})
+        rows[-1]['params_m'] = rows[-1]['params'] / 1e6
+        models[name] = (model, torch.compile(model, backend=args.compile_backend) if args.compile else model)
+    x = example_input(next(iter(models.values()))[0], args.batch_size, img_size, device)
+    return rows, models, x.contiguous(memory_format=torch.channels_last) if args.channels_last else x
+
+
+def run_group(args, group: list, index: int, img_size: int, device: torch.device) -> list:
+    """Rows for every model of one --models group at one image size. The backend table and the FLOPs are taken
+    after --sg-tune, on the timed input under --amp: what the timed steps run."""
+    rows, models, x = build_group(args, group, index, img_size, device)
+    if args.sg_tune:
+        tune(models, rows, x, args, device)
+    for row in rows:
+        model = models[row['model']][0]
+        row['auto_backends'] = auto_backends(model, x, lambda: autocast_for(args, device))
+        if 'flops' in args.bench:
+            log(f"[{img_size}px] {row['model']}: counting FLOPs")
+            with autocast_for(args, device, cache=False):
+                row.update(measure_flops(model, x))
+    for mode in ('infer', 'train'):
+        if mode in args.bench:
+            log(f'[{img_size}px] timing {mode} at batch {args.batch_size}')
+            timings = time_steps(models, x, mode, args, device)
+            for row in rows:
+                seconds, spread, peak = timings[row['model']]
+                row[f'{mode}_ms_per_step'] = seconds * 1e3
+                row[f'{mode}_img_s'] = args.batch_size / seconds
+                row[f'{mode}_spread'] = spread
+                row[f'{mode}_peak_mb'] = peak
     return rows
 
 

@@ -2,7 +2,8 @@
 # The GPU report in one command: tune SGConv2d's backends, time sgconvnext_tiny / _small against their ConvNeXt
 # twins at 224 px (bf16 autocast, channels_last; eager and torch.compile; training and inference img/s, peak
 # memory), tiny built for 224 and run at 1024 px, and every backend at each ConvNeXt-T stage shape; each part is
-# written as a section of docs/BENCHMARKS.md (or of --write PATH). About 5-7 minutes on one H100 / H200.
+# written as a section of docs/BENCHMARKS.md (or of --write PATH). It has never run on a GPU: about 5-7 minutes on
+# one H100 / H200 is an estimate, not a measurement.
 #
 #   tools/gpu_report.sh                          # on a CUDA machine
 #   tools/gpu_report.sh --write /tmp/report.md   # somewhere else

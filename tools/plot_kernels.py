@@ -31,7 +31,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from bench_utils import create_model_for_size  # noqa: E402
+from bench.utils import create_model_for_size  # noqa: E402
 import timm  # noqa: E402
 import sgconvnext  # noqa: E402,F401  (registers the sgconvnext_* models)
 from sgconvnext import SGConv2d  # noqa: E402

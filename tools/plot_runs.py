@@ -23,7 +23,8 @@ import math
 import os
 import sys
 
-from light_cli import CLIError, OneLineErrorParser, atomic_open, run_cli
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout: no pip install needed
+from sgconvnext_cli import CLIError, OneLineErrorParser, atomic_open, run_cli  # noqa: E402  (no torch: see there)
 
 FORMATS = ('png', 'svg', 'pdf')
 

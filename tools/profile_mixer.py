@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import torch
 
-from bench_utils import create_model_for_size, log
+from bench.utils import create_model_for_size, log
 
 from sgconvnext import SGConv2d, tune_backends  # noqa: E402
 from sgconvnext.toeplitz import is_channels_last  # noqa: E402

@@ -31,7 +31,7 @@ import sys
 
 _STUDIES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [_STUDIES, os.path.join(_STUDIES, 'resolution'), os.path.join(os.path.dirname(_STUDIES), 'tools')]
-from bench_utils import write_section  # noqa: E402
+from bench.utils import write_section  # noqa: E402
 from resolution_study import train_command, validate_command  # noqa: E402
 from study_runner import ROOT, Steps, finished, mean_sd, summary_rows  # noqa: E402
 

@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 _STUDIES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [_STUDIES, os.path.join(os.path.dirname(_STUDIES), 'tools')]  # study_runner; the user tools
-from light_cli import CLIError, OneLineErrorParser, atomic_open, run_cli  # noqa: E402
+sys.path[:0] = [_STUDIES, os.path.dirname(_STUDIES)]  # study_runner; the checkout (sgconvnext_cli: no torch)
+from sgconvnext_cli import CLIError, OneLineErrorParser, atomic_open, run_cli  # noqa: E402
 import pathfinder  # noqa: E402
 from pathfinder import CLASSES, MAX_SIZE, MIN_SIZE, PRESETS, Params, make_image, resolve_params  # noqa: E402
 

@@ -56,7 +56,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from light_cli import CLIError
+from sgconvnext_cli import CLIError
 
 MIN_SIZE, MAX_SIZE = 32, 256
 CLASSES = ('0_disconnected', '1_connected')

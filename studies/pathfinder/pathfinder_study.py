@@ -28,7 +28,7 @@ import sys
 
 _STUDIES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [_STUDIES, os.path.join(os.path.dirname(_STUDIES), 'tools')]  # study_runner; the user tools
-from bench_utils import split_model_entry, write_section  # noqa: E402
+from bench.utils import split_model_entry, write_section  # noqa: E402
 from pathfinder import PRESETS  # noqa: E402
 from study_runner import ROOT, Steps, finished, mean_sd, summary_rows  # noqa: E402
 

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 _STUDIES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [_STUDIES, os.path.join(os.path.dirname(_STUDIES), 'tools')]  # study_runner; the user tools
-from light_cli import atomic_open  # noqa: E402
+sys.path[:0] = [_STUDIES, os.path.dirname(_STUDIES)]  # study_runner; the checkout (sgconvnext_cli: no torch)
+from sgconvnext_cli import atomic_open  # noqa: E402
 
 SOURCE = '/usr/share/datasets/fashion-mnist'
 CLASSES = ('tshirt_top', 'trouser', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag', 'ankle_boot')

@@ -24,7 +24,7 @@ import sys
 
 _STUDIES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [_STUDIES, os.path.join(os.path.dirname(_STUDIES), 'tools')]  # study_runner; the user tools
-from bench_utils import write_section  # noqa: E402
+from bench.utils import write_section  # noqa: E402
 from study_runner import ROOT, Steps, finished, mean_sd  # noqa: E402
 TRAIN_FLAGS = ['--opt', 'adamw', '--weight-decay', '0.05', '--sched', 'cosine', '--sched-on-updates', '--warmup-epochs', '1',
                '--scale', '0.35', '1', '--smoothing', '0.1', '--crop-pct', '1.0', '-b', '64', '-j', '1',

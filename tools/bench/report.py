@@ -4,7 +4,7 @@ import datetime
 
 import torch
 
-from bench_utils import command_line, describe_machine, git_revision
+from .utils import command_line, describe_machine, git_revision
 
 NOISY_SPREAD = 0.2  # (max - min) / median of the timed steps above which a timing is flagged as noisy
 
@@ -53,7 +53,8 @@ def format_table(rows: list, benches: list) -> list:
 
 
 def format_backends(rows: list) -> list:
-    """Markdown lines: which backend SGConv2d's "auto" runs at each stage, inference / training."""
+    """Markdown lines: which backend SGConv2d's "auto" runs at each stage (tuned or by its rules), inference /
+    training."""
     rows = [r for r in rows if r['auto_backends']]
     if not rows:
         return []
@@ -99,10 +100,10 @@ def make_report(rows: list, args, device: torch.device, load: tuple) -> str:
                      + f'; load average before / after: {load[0]:.2f} / {load[1]:.2f}')
         lines.append('- peak MiB: one more step per model after the timed ones, parameters, gradients and optimizer state '
                      'included: ' + ("CUDA's max_memory_allocated" if device.type == 'cuda' else
-                                     "the live tensor bytes PyTorch's MemTracker counts (tools/bench_memory.py)"))
+                                     "the live tensor bytes PyTorch's MemTracker counts (tools/bench/memory.py)"))
         if getattr(args, 'sg_tune', False):
-            lines.append('- SGConv2d backends tuned on this device before timing (`--sg-tune`, '
-                         '`sgconvnext.tune_backends`); tables below')
+            lines.append('- SGConv2d backends tuned on this device (`--sg-tune`, `sgconvnext.tune_backends`) before '
+                         'the FLOPs, the backend table and the timing; tables below')
         noisy = noisy_timings(rows)
         if noisy:
             lines.append(f'- noisy: (max - min) / median of the timed steps above {NOISY_SPREAD:.0%} for '
@@ -114,6 +115,8 @@ def make_report(rows: list, args, device: torch.device, load: tuple) -> str:
             lines += ['', f"{row['model']} at {row['img_size']} px: {row['sg_tuned']}"]
     backends = format_backends(rows)
     if backends:
+        chosen = ('the backend run for inference / training, as tuned by `--sg-tune`' if getattr(args, 'sg_tune', False)
+                  else '`auto` backend for inference / training')
         lines += ['', 'SGConv2d per stage: map size (where the kernels were built for another size: that size and the '
-                  'size policy), `auto` backend for inference / training:', '', *backends]
+                  f'size policy), {chosen}:', '', *backends]
     return '\n'.join(lines)

@@ -10,10 +10,7 @@ from typing import Callable, Dict
 import timm
 import torch
 
-# The scripts beside this file import it first; putting the checkout on the path here lets them (and this file)
-# import sgconvnext without installing it.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from sgconvnext.atomic import atomic_open  # noqa: E402
+from sgconvnext.atomic import atomic_open
 
 
 def synchronize(device: torch.device) -> None:
