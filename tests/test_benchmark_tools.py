@@ -13,11 +13,8 @@ TOOLS = os.path.join(ROOT, 'tools')
 sys.path.insert(0, TOOLS)
 
 import benchmark  # noqa: E402
-<<<<<<< HEAD
 import processes  # noqa: E402
-=======
 from bench import report as bench_report  # noqa: E402
->>>>>>> house
 import plot_kernels  # noqa: E402
 from sgconvnext import SGConv2d  # noqa: E402
 from sgconvnext.sgconv import choose_backend  # noqa: E402
