@@ -2,6 +2,7 @@
 
 References: numpy's SVD for the rank-1 approximation, F.conv2d with the rank-1 7x7 kernel in float64 for a layer,
 timm's ConvNeXt itself for a whole model whose kernels are exactly separable."""
+import argparse
 import logging
 import os
 
@@ -17,6 +18,8 @@ from cli_helpers import load_script, one_line_error
 from sgconvnext import SGConv2d
 from sgconvnext.cli import run_cli
 from sgconvnext.convert import fit_axis_kernel, rank1_axis_kernels
+from sgconvnext.training.checkpoint import load_checkpoint_file
+from sgconvnext.training.config import CLIError
 
 convert_tool = load_script(os.path.join('tools', 'convert_convnext.py'), 'convert_convnext_tool')
 
@@ -193,3 +196,31 @@ def test_the_summary_says_when_timm_leaves_the_head_at_its_init(caplog):
     with caplog.at_level(logging.INFO, logger='sgconvnext'):
         sgconvnext.convert_convnext(state, timm.create_model('sgconvnext_atto'))  # offline: the head is converted too
     assert 'nothing kept its init' in caplog.records[0].getMessage()
+
+
+def test_the_tool_takes_the_ema_weights_as_pretrained_path_does(tmp_path, capsys):
+    torch.manual_seed(0)
+    raw, ema = timm.create_model('convnext_atto', num_classes=10), timm.create_model('convnext_atto', num_classes=10)
+    source = tmp_path / 'train.pth.tar'
+    torch.save({'state_dict': raw.state_dict(), 'epoch': 3,
+                'state_dict_ema': {'module.' + k: v for k, v in ema.state_dict().items()}}, source)
+    convert_tool.main([str(source), str(tmp_path / 'sg.pth'), '--model', 'sgconvnext_atto', '--img-size', '64'])
+    converted = torch.load(tmp_path / 'sg.pth', weights_only=True)
+    warm = timm.create_model('sgconvnext_atto', num_classes=10, pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(source), num_classes=10))  # --pretrained-path
+    for key in ('stem.0.weight', 'head.fc.weight'):
+        assert torch.equal(converted[key], ema.state_dict()[key]) and torch.equal(warm.state_dict()[key], converted[key])
+    assert 'from its state_dict_ema' in capsys.readouterr().out
+
+
+def test_no_checkpoint_is_unpickled_on_torch_without_safe_globals(tmp_path, monkeypatch):
+    plain, training = tmp_path / 'plain.pth', tmp_path / 'train.pth.tar'
+    state = timm.create_model('convnext_atto').state_dict()
+    torch.save(state, plain)
+    torch.save({'state_dict': state, 'args': argparse.Namespace(model='convnext_atto')}, training)
+    monkeypatch.delattr(torch.serialization, 'safe_globals')  # torch < 2.5
+    assert torch.equal(load_checkpoint_file(str(plain))['stem.0.weight'], state['stem.0.weight'])
+    with pytest.raises(CLIError, match=r'cannot read checkpoint .* safely with torch .*torch >= 2\.5'):
+        load_checkpoint_file(str(training))
+    message = one_line_error(run_cli, convert_tool.main, training, tmp_path / 'sg.pth', '--model', 'sgconvnext_atto')
+    assert 'torch >= 2.5' in message and not (tmp_path / 'sg.pth').exists()
