@@ -19,6 +19,10 @@ depthwise kernels when such a checkpoint is loaded as pretrained weights:
   copied. At its built size the converted layer computes exactly ``F.conv2d`` with the rank-1 7x7 kernel.
 * ``"none"``: the 7x7 kernels are dropped and the SGConv kernels keep their random initialization.
 
+A classifier of another shape than the model's (an in-22k checkpoint's 21841 classes into a 1000-class model)
+is not loaded: the model's head keeps its init, and the summary (logged as a warning, so it shows without any
+logging setup) says so.
+
 The kernels' ``norm`` (the constant each axis kernel is divided by) is set to the norm a kernel of the layer's
 geometry has in expectation at initialization (the Frobenius norm of its basis), the same for every channel and
 every seed, so the converted weights have the scale of freshly initialized ones.
@@ -26,23 +30,35 @@ every seed, so the converted weights have the scale of freshly initialized ones.
 import logging
 import re
 from collections import defaultdict
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
+from torch import nn
 from timm.models.convnext import checkpoint_filter_fn as convnext_layout
 
 from .checks import check_choice
 from .kernel import SGKernel1d, pack_geometry
 from .sgconv import SGConv2d
 
-__all__ = ['CONVERSIONS', 'check_convert', 'convert_convnext', 'rank1_axis_kernels', 'fit_axis_kernel',
-           'is_convnext_state_dict', 'fit_problems']
+__all__ = ['CONVERSIONS', 'check_convert', 'check_sgconvnext', 'convert_convnext', 'convert_timm_layout',
+           'rank1_axis_kernels', 'fit_axis_kernel', 'is_convnext_state_dict', 'convnext_layout_of', 'fit_problems',
+           'to_timm_layout', 'size_hint', 'keep_model_head']
 
 CONVERSIONS = ('rank1', 'none')
 DEFAULT_CONVERT = 'rank1'
 _DWCONV = re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.weight$')
+_FB_DWCONV = re.compile(r'^stages\.(\d+)\.(\d+)\.dwconv\.weight$')
+# a block's depthwise kernel in any layout: timm's and facebookresearch's 7x7, SGConv's kernel_h (C, 2, n, d)
+_ANY_DWCONV = re.compile(r'^stages\.(\d+)\.(?:blocks\.)?(\d+)\.(?:conv_dw|dwconv)\.(?:weight|kernel_h\.weight)$')
+_SIZES = {  # (depths, dims) -> the name of timm's convnext_* / sgconvnext_* of that size
+    ((2, 2, 6, 2), (40, 80, 160, 320)): 'atto', ((2, 2, 6, 2), (48, 96, 192, 384)): 'femto',
+    ((2, 2, 6, 2), (64, 128, 256, 512)): 'pico', ((2, 2, 8, 2), (80, 160, 320, 640)): 'nano',
+    ((3, 3, 9, 3), (96, 192, 384, 768)): 'tiny', ((3, 3, 27, 3), (96, 192, 384, 768)): 'small',
+    ((3, 3, 27, 3), (128, 256, 512, 1024)): 'base', ((3, 3, 27, 3), (192, 384, 768, 1536)): 'large',
+    ((3, 3, 27, 3), (256, 512, 1024, 2048)): 'xlarge', ((3, 4, 30, 3), (384, 768, 1536, 3072)): 'xxlarge',
+}
 
-_logger = logging.getLogger('sgconvnext.model')
+_logger = logging.getLogger(__name__)
 
 
 def check_convert(value) -> str:
@@ -51,8 +67,107 @@ def check_convert(value) -> str:
 
 def is_convnext_state_dict(state_dict: Dict[str, torch.Tensor]) -> bool:
     """A state dict (in timm's layout) with depthwise ``conv_dw.weight`` kernels and no SGConv kernels."""
-    return (any(_DWCONV.match(k) for k in state_dict)
-            and not any('.conv_dw.kernel_' in k for k in state_dict))
+    return convnext_layout_of(state_dict) == 'timm'
+
+
+def convnext_layout_of(keys) -> Optional[str]:
+    """``"timm"`` or ``"facebookresearch"`` for the keys of a ConvNeXt state dict in that layout (7x7 depthwise
+    kernels, no SGConv kernels), else None."""
+    keys = list(keys)
+    if any('.conv_dw.kernel_' in k for k in keys):
+        return None
+    if any(_DWCONV.match(k) for k in keys):
+        return 'timm'
+    return 'facebookresearch' if any(_FB_DWCONV.match(k) for k in keys) else None
+
+
+def check_sgconvnext(model) -> None:
+    """TypeError unless ``model`` is a module with SGConv2d layers (the target of a conversion)."""
+    if not isinstance(model, nn.Module) or not any(isinstance(m, SGConv2d) for m in model.modules()):
+        raise TypeError(f'model must be an SGConvNeXt (e.g. timm.create_model("sgconvnext_tiny")), the target of '
+                        f'the conversion; got a {type(model).__name__} with no SGConv2d layers')
+
+
+def _size(state_dict) -> Optional[Tuple[Tuple[int, ...], Tuple[int, ...]]]:
+    """(depths, dims) of a ConvNeXt / SGConvNeXt state dict in any layout, from its depthwise kernels."""
+    depths, dims = defaultdict(int), {}
+    for key, value in state_dict.items():
+        match = _ANY_DWCONV.match(key)
+        if match and isinstance(value, torch.Tensor) and value.dim() > 0:
+            stage, block = int(match.group(1)), int(match.group(2))
+            depths[stage] = max(depths[stage], block + 1)
+            dims[stage] = value.shape[0]
+    if not depths or sorted(depths) != list(range(len(depths))):
+        return None
+    return tuple(depths[i] for i in range(len(depths))), tuple(dims[i] for i in range(len(depths)))
+
+
+def _describe(size) -> str:
+    name = _SIZES.get(size)
+    return f'{name + " " if name else ""}(depths {size[0]}, dims {size[1]})'
+
+
+def size_hint(state_dict, model) -> str:
+    """The end of a "does not fit" message: both model sizes where the checkpoint's can be read."""
+    theirs, ours = _size(state_dict), _size(model.state_dict())
+    if theirs is None or ours is None or theirs == ours:
+        return 'Was it made for another model size? (e.g. convnext_tiny weights fit sgconvnext_tiny only)'
+    name = _SIZES.get(theirs)
+    fits = f'convnext_{name} weights fit sgconvnext_{name}' if name else 'convnext_X weights fit sgconvnext_X'
+    return (f'It was made for another model size: {_describe(theirs)}, the model is {_describe(ours)} ({fits} '
+            f'only)')
+
+
+def to_timm_layout(state_dict, model) -> Dict[str, torch.Tensor]:
+    """``state_dict`` with facebookresearch's ConvNeXt names mapped to timm's (timm's pass through), by timm's
+    ConvNeXt filter. ValueError for a non-tensor entry or a facebookresearch checkpoint of another model size
+    (timm's filter would fail with a bare KeyError / reshape error)."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(f'state_dict must be a dict of tensors, got {type(state_dict).__name__}')
+    try:
+        out = convnext_layout(state_dict, model)
+    except (KeyError, RuntimeError, AttributeError) as e:
+        inner = state_dict['model'] if isinstance(state_dict.get('model'), dict) else state_dict
+        theirs, ours = _size(inner), _size(model.state_dict())
+        if theirs is not None and theirs != ours:
+            raise ValueError('checkpoint does not fit this model: a facebookresearch ConvNeXt checkpoint. '
+                             + size_hint(inner, model)) from None
+        _check_tensors(inner)
+        raise ValueError(f'cannot read the checkpoint as a ConvNeXt state dict ({type(e).__name__}: '
+                         f'{" ".join(str(e).split())[:200]})') from None
+    _check_tensors(out)
+    return out
+
+
+def _check_tensors(state_dict) -> None:
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f'checkpoint entry {key!r} is a {type(value).__name__}, not a tensor: pass a state dict '
+                             f'(of a training checkpoint, its state_dict or state_dict_ema)')
+
+
+def keep_model_head(state_dict, model, classifier: str, pretrained_load: bool = False):
+    """(``state_dict`` with a classifier of another shape replaced by the model's own, what kept its init or None).
+
+    An in-22k checkpoint's 21841-class head does not fit a 1000-class model: the model's head keeps its init
+    (timm drops a head only when the model's class count differs from its pretrained cfg's).
+    """
+    model_state = model.state_dict()
+    head, model_head = state_dict.get(classifier + '.weight'), model_state.get(classifier + '.weight')
+    if model_head is None:
+        return state_dict, None
+    what = f'the head ({classifier}, {model_head.shape[0]} classes)'
+    if head is not None and head.shape != model_head.shape:
+        state_dict = dict(state_dict)
+        for key in (classifier + '.weight', classifier + '.bias'):
+            if key in model_state:
+                state_dict[key] = model_state[key]
+        return state_dict, f'{what} has {head.shape[0]} classes in the checkpoint and keeps its init'
+    cfg_classes = getattr(model, 'pretrained_cfg', {}).get('num_classes')
+    if head is not None and pretrained_load and cfg_classes != model_head.shape[0]:
+        return state_dict, (f'{what} keeps its init (timm loads a pretrained head only into a model with the '
+                            f'pretrained cfg\'s {cfg_classes} classes)')
+    return state_dict, None
 
 
 def rank1_axis_kernels(weight: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,7 +241,8 @@ def fit_problems(state_dict: Dict[str, torch.Tensor], model_state: Dict[str, tor
 def _check_kernel(key: str, weight, channels: int) -> None:
     if not isinstance(weight, torch.Tensor) or not weight.is_floating_point():
         got = weight.dtype if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise TypeError(f'{key} must be a floating point tensor, got {got}')
+        # ValueError, not TypeError: timm's load_pretrained retries a filter that raises TypeError with one argument
+        raise ValueError(f'{key} must be a floating point tensor, got {got}')
     k = weight.shape[-1] if weight.dim() == 4 else 0
     if weight.dim() != 4 or tuple(weight.shape[:3]) != (channels, 1, k) or k % 2 == 0:
         raise ValueError(f'{key} must be a depthwise kernel of shape ({channels}, 1, k, k) with k odd '
@@ -158,12 +274,19 @@ def convert_convnext(state_dict: Dict[str, torch.Tensor], model, method: str = D
     """An SGConvNeXt state dict (geometry included) for ``model`` from a same-size ConvNeXt ``state_dict``.
 
     ``method``: ``"rank1"`` converts each 7x7 depthwise kernel (module docstring), ``"none"`` keeps the model's
-    own SGConv kernels. Raises ValueError for a checkpoint of another model size, a kernel of the wrong shape
-    or with non-finite values, and TypeError / ValueError for an unknown ``method``. Logs one summary line
-    (``pretrained_load``: called by timm's pretrained loading, which drops a head of another class count).
+    own SGConv kernels. A classifier of another shape keeps the model's init. Raises ValueError for a checkpoint
+    of another model size, a kernel of the wrong shape, dtype or with non-finite values, TypeError for a model
+    that is not an SGConvNeXt, and TypeError / ValueError for an unknown ``method``. Logs one summary line as a
+    warning (``pretrained_load``: called by timm's pretrained loading, which drops a head of another class count).
     """
     check_convert(method)
-    state_dict = convnext_layout(state_dict, model)  # facebookresearch names -> timm's; timm's pass through
+    check_sgconvnext(model)
+    return convert_timm_layout(to_timm_layout(state_dict, model), model, method, log, pretrained_load)
+
+
+def convert_timm_layout(state_dict: Dict[str, torch.Tensor], model, method: str = DEFAULT_CONVERT,
+                        log: bool = True, pretrained_load: bool = False) -> Dict[str, torch.Tensor]:
+    """``convert_convnext`` for a state dict already in timm's layout (``to_timm_layout``) and a checked model."""
     if not is_convnext_state_dict(state_dict):
         raise ValueError('not a ConvNeXt state dict: it has no stages.N.blocks.M.conv_dw.weight kernels'
                          + (' (it holds SGConv kernels: load it as it is)' if any(
@@ -176,17 +299,19 @@ def convert_convnext(state_dict: Dict[str, torch.Tensor], model, method: str = D
     problems = fit_problems(state_dict, model_state, classifier, may_miss=sg_keys,
                             may_add=[k for k in kernels if k[:-len('weight')] in layers])
     if problems:
-        raise ValueError('checkpoint does not fit this model: ' + '; '.join(problems) + '. Was it made for another '
-                         'model size? (e.g. convnext_tiny weights fit sgconvnext_tiny only)')
+        raise ValueError('checkpoint does not fit this model: ' + '; '.join(problems) + '. '
+                         + size_hint(state_dict, model))
     for key, weight in kernels.items():
         _check_kernel(key, weight, layers[key[:-len('weight')]].dim)
-    out = {k: v for k, v in state_dict.items() if k not in kernels}
+    out, head = keep_model_head({k: v for k, v in state_dict.items() if k not in kernels}, model, classifier,
+                                pretrained_load)
+    kept = head or 'nothing kept its init'
     if method == 'none':
         out.update({k: model_state[k] for k in sg_keys})
         if log:
             _logger.warning(f'Warm start from ConvNeXt (sg_convert="none"): loaded {len(out) - len(sg_keys)} shared '
                             f'tensors; dropped {len(kernels)} 7x7 kernels; the SGConv kernels of {len(layers)} layers '
-                            f'keep their random init.')
+                            f'keep their random init' + (f'; {head}.' if head else '.'))
         return out
     energy, fits = defaultdict(list), []
     for key, weight in kernels.items():
@@ -195,13 +320,11 @@ def convert_convnext(state_dict: Dict[str, torch.Tensor], model, method: str = D
         energy[int(_DWCONV.match(key).group(1))].append(layer_energy)
         fits.append((error, key, small))
     if log:
-        _log_conversion(model, len(state_dict) - len(kernels), energy, fits, out, model_state, classifier,
-                        pretrained_load)
+        _log_conversion(len(state_dict) - len(kernels), energy, fits, kept)
     return out
 
 
-def _log_conversion(model, shared: int, energy, fits, out, model_state, classifier: str,
-                    pretrained_load: bool) -> None:
+def _log_conversion(shared: int, energy, fits, kept: str) -> None:
     per_stage = ', '.join(f'{100 * sum(v) / len(v):.0f} %' for _, v in sorted(energy.items()))
     small = sum(1 for _, _, s in fits if s)
     inexact = [(e, k) for e, k, _ in fits if e > 1e-9]
@@ -213,15 +336,7 @@ def _log_conversion(model, shared: int, energy, fits, out, model_state, classifi
         fit.append(f'{len(inexact)} to the best fit a kernel_dim this small holds (largest tap error '
                    f'{max(inexact)[0]:.3g}, {max(inexact)[1]})')
     fit = '; '.join(fit)
-    kept = 'nothing kept its init'
-    head, model_head = out.get(classifier + '.weight'), model_state.get(classifier + '.weight')
-    cfg_classes = getattr(model, 'pretrained_cfg', {}).get('num_classes')
-    if model_head is not None and (head is None or head.shape != model_head.shape):
-        theirs = 'is not in the checkpoint' if head is None else f'has {head.shape[0]} classes in the checkpoint'
-        kept = f'the head ({classifier}, {model_head.shape[0]} classes) {theirs} and keeps its init'
-    elif model_head is not None and pretrained_load and cfg_classes != model_head.shape[0]:
-        kept = (f'the head ({classifier}, {model_head.shape[0]} classes) keeps its init (timm loads a pretrained '
-                f'head only into a model with the pretrained cfg\'s {cfg_classes} classes)')
-    _logger.info(f'Warm start from ConvNeXt (sg_convert="rank1"): loaded {shared} shared tensors; converted '
-                 f'{len(fits)} 7x7 kernels to rank-1 SGConv kernels ({fit}); energy kept by the rank-1 part, '
-                 f'mean per stage: {per_stage}; {kept}.')
+    # a warning, as for sg_convert="none": shown without any logging setup (a user sees weights were converted)
+    _logger.warning(f'Warm start from ConvNeXt (sg_convert="rank1"): loaded {shared} shared tensors; converted '
+                    f'{len(fits)} 7x7 kernels to rank-1 SGConv kernels ({fit}); energy kept by the rank-1 part, '
+                    f'mean per stage: {per_stage}; {kept}.')

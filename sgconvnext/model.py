@@ -14,7 +14,9 @@ input size (``kernel.py``); the load logs it.
 Warm start: ``pretrained=True, pretrained_cfg_overlay=dict(file=...)`` with a timm (or original
 facebookresearch) ``convnext_*`` checkpoint of the same size loads every shared tensor and, with
 ``sg_convert="rank1"`` (default), converts each 7x7 kernel into its SGConv2d (``convert.py``); with
-``sg_convert="none"`` the SGConv kernels keep their init.
+``sg_convert="none"`` the SGConv kernels keep their init. ``load_state_dict`` (timm's ``checkpoint_path``,
+train_imagenet.py's ``--initial-checkpoint``) takes SGConvNeXt state dicts only and names the way to load a
+ConvNeXt one.
 """
 import logging
 import re
@@ -27,9 +29,10 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import register_notrace_module, to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models import resolve_pretrained_cfg
-from timm.models.convnext import ConvNeXt, checkpoint_filter_fn as convnext_layout
+from timm.models.convnext import ConvNeXt
 
-from .convert import DEFAULT_CONVERT, check_convert, convert_convnext, fit_problems, is_convnext_state_dict
+from .convert import (DEFAULT_CONVERT, check_convert, convert_timm_layout, convnext_layout_of, fit_problems,
+                      is_convnext_state_dict, keep_model_head, size_hint, to_timm_layout)
 from .kernel import SGKernel1d, missing_geometry_error, pack_geometry
 from .resize import DEFAULT_RESIZE
 from .sgconv import SGConv2d
@@ -89,6 +92,13 @@ class SGConvNeXt(ConvNeXt):
                 )
         self.register_load_state_dict_post_hook(_log_geometry_changes)
 
+    def load_state_dict(self, state_dict, strict: bool = True, *args, **kwargs):
+        """``nn.Module.load_state_dict``; a strict load of a ConvNeXt state dict is a ValueError that names the
+        loads that convert it (``strict=False`` loads the tensors the two share, as asked)."""
+        if strict:  # torch hands load hooks strict=True whatever was asked, so the check lives here
+            _refuse_convnext_state_dict(self, state_dict)
+        return super().load_state_dict(state_dict, strict, *args, **kwargs)
+
     @torch.jit.ignore
     def no_weight_decay(self) -> Set[str]:
         """Full names of the SGConv kernel parameters (timm's optimizer factory skips these)."""
@@ -97,6 +107,20 @@ class SGConvNeXt(ConvNeXt):
             for name, module in self.named_modules() if isinstance(module, SGConv2d)
             for param_name in module.no_weight_decay()
         }
+
+
+def _refuse_convnext_state_dict(model, state_dict) -> None:
+    """A ConvNeXt state dict would fail a strict load with a list of missing SGConv kernels: say what loads it."""
+    layout = convnext_layout_of(state_dict)
+    if layout is None:
+        return
+    name = getattr(model, 'pretrained_cfg', {}).get('architecture', 'sgconvnext_*')
+    raise ValueError(
+        f'this is a ConvNeXt state dict ({layout} layout: 7x7 conv_dw kernels, no SGConv kernels), which '
+        f'load_state_dict does not convert: load it as pretrained weights, timm.create_model(\'{name}\', '
+        f'pretrained=True, pretrained_cfg_overlay=dict(file=PATH)) (train_imagenet.py: --pretrained --pretrained-path '
+        f'PATH, not --initial-checkpoint), or convert it first with sgconvnext.convert_convnext(state_dict, model) '
+        f'or tools/convert_convnext.py')
 
 
 def _log_geometry_changes(model: nn.Module, incompatible_keys) -> None:
@@ -140,13 +164,22 @@ def checkpoint_filter_fn(state_dict, model: SGConvNeXt):
       from the model's when it was built for another ``img_size``), and without it they are refused.
     * ConvNeXt checkpoints (timm or facebookresearch layout) of the same size load every tensor the two share;
       their 7x7 kernels are converted or dropped as ``model.sg_convert`` says (``convert.convert_convnext``).
+    * A classifier of another shape (an in-22k head into a 1000-class model) is not loaded: the model's head
+      keeps its init, and a warning says so.
     * A tensor of the wrong shape, a model tensor the checkpoint lacks or a checkpoint tensor the model has no
       place for raises ValueError: the checkpoint is for another size.
     """
-    state_dict = convnext_layout(state_dict, model)  # facebookresearch names -> timm's; timm's pass through
+    try:
+        return _filter(state_dict, model)
+    except TypeError as e:  # timm's load_pretrained would retry filter_fn(state_dict) and report that call instead
+        raise ValueError(str(e)) from None
+
+
+def _filter(state_dict, model: SGConvNeXt):
+    state_dict = to_timm_layout(state_dict, model)  # facebookresearch names -> timm's; timm's pass through
     if is_convnext_state_dict(state_dict):
         method = getattr(model, 'sg_convert', DEFAULT_CONVERT)
-        return convert_convnext(state_dict, model, method, pretrained_load=True)
+        return convert_timm_layout(state_dict, model, method, pretrained_load=True)
     model_state = model.state_dict()
     for key in state_dict:
         if '.conv_dw.kernel_' in key and key.endswith('.weight') and key[:-len('weight')] + 'geometry' not in state_dict:
@@ -157,8 +190,11 @@ def checkpoint_filter_fn(state_dict, model: SGConvNeXt):
     # kernels: every model tensor must be there.
     problems = fit_problems(state_dict, model_state, classifier, shape_free=resized)
     if problems:
-        hint = 'Was it made for another model size? (e.g. convnext_tiny weights fit sgconvnext_tiny only)'
-        raise ValueError('checkpoint does not fit this model: ' + '; '.join(problems) + '. ' + hint)
+        raise ValueError('checkpoint does not fit this model: ' + '; '.join(problems) + '. '
+                         + size_hint(state_dict, model))
+    state_dict, head = keep_model_head(state_dict, model, classifier, pretrained_load=True)
+    if head:
+        _logger.warning(f'Loaded an SGConvNeXt checkpoint: {head}.')
     return state_dict
 
 

@@ -2,8 +2,10 @@
 
 References: numpy's SVD for the rank-1 approximation, F.conv2d with the rank-1 7x7 kernel in float64 for a layer,
 timm's ConvNeXt itself for a whole model whose kernels are exactly separable."""
+import argparse
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -17,6 +19,9 @@ from cli_helpers import load_script, one_line_error
 from sgconvnext import SGConv2d
 from sgconvnext.cli import run_cli
 from sgconvnext.convert import fit_axis_kernel, rank1_axis_kernels
+from sgconvnext.training.checkpoint import load_checkpoint_file
+from sgconvnext.training.config import CLIError
+from sgconvnext.training.model import create_model_checked
 
 convert_tool = load_script(os.path.join('tools', 'convert_convnext.py'), 'convert_convnext_tool')
 
@@ -118,15 +123,21 @@ def test_separable_convnext_converts_exactly(img_size, caplog):
         torch.testing.assert_close(model(x.double()), convnext(x.double()), rtol=1e-10, atol=1e-10)
 
 
-def test_facebookresearch_layout_converts_like_timms():
-    convnext = separable_convnext()
+def facebookresearch_layout(convnext) -> dict:
+    """A timm ConvNeXt's state dict in facebookresearch's names (what timm's filter undoes)."""
     fb = {}
-    for k, v in convnext.state_dict().items():  # timm -> facebookresearch names (what timm's filter undoes)
+    for k, v in convnext.state_dict().items():
         k = k.replace('stem.', 'downsample_layers.0.').replace('conv_dw', 'dwconv').replace('mlp.fc', 'pwconv')
         k = k.replace('.blocks.', '.').replace('head.norm', 'norm').replace('head.fc', 'head')
         for i in (1, 2, 3):
             k = k.replace(f'stages.{i}.downsample.', f'downsample_layers.{i}.')
         fb[k] = v.reshape(v.shape[:2]) if 'pwconv' in k else v
+    return fb
+
+
+def test_facebookresearch_layout_converts_like_timms():
+    convnext = separable_convnext()
+    fb = facebookresearch_layout(convnext)
     model = timm.create_model('sgconvnext_atto')
     assert all(torch.equal(a, b) for a, b in zip(sgconvnext.convert_convnext(fb, model).values(),
                                                  sgconvnext.convert_convnext(convnext.state_dict(), model).values()))
@@ -193,3 +204,131 @@ def test_the_summary_says_when_timm_leaves_the_head_at_its_init(caplog):
     with caplog.at_level(logging.INFO, logger='sgconvnext'):
         sgconvnext.convert_convnext(state, timm.create_model('sgconvnext_atto'))  # offline: the head is converted too
     assert 'nothing kept its init' in caplog.records[0].getMessage()
+
+
+def sg_reports(caplog):
+    return [r for r in caplog.records if r.name.startswith('sgconvnext')]
+
+
+def test_a_head_of_another_shape_keeps_the_model_init(tmp_path, caplog):
+    torch.manual_seed(0)
+    convnext = timm.create_model('convnext_atto', num_classes=21841)  # an in-22k checkpoint
+    path = tmp_path / 'convnext_atto_in22k.pth'
+    torch.save(convnext.state_dict(), path)
+    torch.manual_seed(3)
+    fresh = timm.create_model('sgconvnext_atto')
+    torch.manual_seed(3)
+    model = timm.create_model('sgconvnext_atto', pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert torch.equal(model.head.fc.weight, fresh.head.fc.weight) and torch.equal(model.head.fc.bias, fresh.head.fc.bias)
+    assert torch.equal(model.stem[0].weight, convnext.stem[0].weight) and torch.equal(model.head.norm.weight,
+                                                                                      convnext.head.norm.weight)
+    (report,) = sg_reports(caplog)
+    assert 'the head (head.fc, 1000 classes) has 21841 classes in the checkpoint and keeps its init' in report.getMessage()
+    # offline, and an SGConvNeXt checkpoint with such a head
+    model.load_state_dict(sgconvnext.convert_convnext(convnext.state_dict(), fresh, log=False))
+    caplog.clear()
+    sg22k = timm.create_model('sgconvnext_atto', num_classes=21841).state_dict()
+    model = timm.create_model('sgconvnext_atto', pretrained=True, pretrained_cfg_overlay=dict(state_dict=sg22k))
+    assert model.head.fc.out_features == 1000 and torch.equal(model.stem[0].weight, sg22k['stem.0.weight'])
+    assert 'has 21841 classes in the checkpoint and keeps its init' in sg_reports(caplog)[0].getMessage()
+
+
+def test_the_summary_is_a_warning_of_its_own_logger(caplog):
+    # no caplog.at_level: only what Python shows without any logging setup (WARNING and up) is captured
+    state = timm.create_model('convnext_atto').state_dict()
+    for method in ('rank1', 'none'):
+        caplog.clear()
+        timm.create_model('sgconvnext_atto', pretrained=True, sg_convert=method,
+                          pretrained_cfg_overlay=dict(state_dict=state))
+        (report,) = sg_reports(caplog)
+        assert (report.name, report.levelno) == ('sgconvnext.convert', logging.WARNING)
+        assert f'Warm start from ConvNeXt (sg_convert="{method}")' in report.getMessage()
+
+
+def test_timms_layout_filter_runs_once(monkeypatch):
+    calls = []
+    for module in (sgconvnext.model, sgconvnext.convert):
+        if hasattr(module, 'convnext_layout'):
+            original = module.convnext_layout
+            monkeypatch.setattr(module, 'convnext_layout', lambda sd, m, f=original: calls.append(1) or f(sd, m))
+    timm.create_model('sgconvnext_atto', pretrained=True,
+                      pretrained_cfg_overlay=dict(state_dict=timm.create_model('convnext_atto').state_dict()))
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize('name,kwargs,size', [
+    ('convnext_femto', {}, r'femto \(depths \(2, 2, 6, 2\), dims \(48, 96, 192, 384\)\)'),  # wider: a reshape fails
+    ('convnext_atto', dict(depths=(2, 2, 8, 2)), r'\(depths \(2, 2, 8, 2\), dims \(40, 80, 160, 320\)\)'),  # deeper: a key
+])
+def test_a_facebookresearch_checkpoint_of_another_size_names_both(tmp_path, name, kwargs, size):
+    fb = {'model': facebookresearch_layout(timm.create_model(name, **kwargs))}
+    expected = rf'another model size: {size}, the model is atto \(depths \(2, 2, 6, 2\), dims \(40, 80, 160, 320\)\)'
+    with pytest.raises(ValueError, match=expected):
+        sgconvnext.convert_convnext(fb, timm.create_model('sgconvnext_atto'))
+    with pytest.raises(ValueError, match=expected):
+        timm.create_model('sgconvnext_atto', pretrained=True, pretrained_cfg_overlay=dict(state_dict=fb))
+    torch.save(fb, tmp_path / 'fb.pth')
+    message = one_line_error(run_cli, convert_tool.main, tmp_path / 'fb.pth', tmp_path / 'out.pth', '--model',
+                             'sgconvnext_atto')
+    assert re.search(expected, message) and not (tmp_path / 'out.pth').exists()
+
+
+def test_bad_entries_in_a_pretrained_load_are_value_errors():
+    # timm's load_pretrained retries a filter that raises TypeError with one argument, hiding the message
+    state = timm.create_model('convnext_atto').state_dict()
+    bad = dict(state, **{'stages.0.blocks.0.conv_dw.weight': torch.ones(40, 1, 7, 7, dtype=torch.int64)})
+    with pytest.raises(ValueError, match=r'stages\.0\.blocks\.0\.conv_dw\.weight must be a floating point tensor, '
+                                         r'got torch\.int64'):
+        timm.create_model('sgconvnext_atto', pretrained=True, pretrained_cfg_overlay=dict(state_dict=bad))
+    with pytest.raises(ValueError, match="checkpoint entry 'epoch' is a int, not a tensor"):
+        timm.create_model('sgconvnext_atto', pretrained=True, pretrained_cfg_overlay=dict(state_dict=dict(state, epoch=3)))
+
+
+def test_convnext_weights_into_load_state_dict_name_the_way(tmp_path):
+    convnext = timm.create_model('convnext_atto')
+    model = timm.create_model('sgconvnext_atto')
+    for layout, state in (('timm', convnext.state_dict()), ('facebookresearch', facebookresearch_layout(convnext))):
+        with pytest.raises(ValueError, match=rf'a ConvNeXt state dict \({layout} layout.*--pretrained-path.*'
+                                             r'convert_convnext'):
+            model.load_state_dict(state)
+    assert model.load_state_dict(convnext.state_dict(), strict=False).missing_keys  # a partial load is asked for
+    path = tmp_path / 'convnext_atto.pth'
+    torch.save(convnext.state_dict(), path)
+    with pytest.raises(CLIError, match=r'ConvNeXt state dict.*--pretrained --pretrained-path PATH, not '
+                                       r'--initial-checkpoint') as e:
+        create_model_checked('sgconvnext_atto', checkpoint_path=str(path))  # train_imagenet.py --initial-checkpoint
+    assert '\n' not in str(e.value)
+
+
+def test_convert_convnext_needs_an_sgconvnext():
+    state = timm.create_model('convnext_atto').state_dict()
+    with pytest.raises(TypeError, match='model must be an SGConvNeXt .* got a ConvNeXt with no SGConv2d layers'):
+        sgconvnext.convert_convnext(state, timm.create_model('convnext_atto'))
+
+
+def test_the_tool_takes_the_ema_weights_as_pretrained_path_does(tmp_path, capsys):
+    torch.manual_seed(0)
+    raw, ema = timm.create_model('convnext_atto', num_classes=10), timm.create_model('convnext_atto', num_classes=10)
+    source = tmp_path / 'train.pth.tar'
+    torch.save({'state_dict': raw.state_dict(), 'epoch': 3,
+                'state_dict_ema': {'module.' + k: v for k, v in ema.state_dict().items()}}, source)
+    convert_tool.main([str(source), str(tmp_path / 'sg.pth'), '--model', 'sgconvnext_atto', '--img-size', '64'])
+    converted = torch.load(tmp_path / 'sg.pth', weights_only=True)
+    warm = timm.create_model('sgconvnext_atto', num_classes=10, pretrained=True,
+                             pretrained_cfg_overlay=dict(file=str(source), num_classes=10))  # --pretrained-path
+    for key in ('stem.0.weight', 'head.fc.weight'):
+        assert torch.equal(converted[key], ema.state_dict()[key]) and torch.equal(warm.state_dict()[key], converted[key])
+    assert 'from its state_dict_ema' in capsys.readouterr().out
+
+
+def test_no_checkpoint_is_unpickled_on_torch_without_safe_globals(tmp_path, monkeypatch):
+    plain, training = tmp_path / 'plain.pth', tmp_path / 'train.pth.tar'
+    state = timm.create_model('convnext_atto').state_dict()
+    torch.save(state, plain)
+    torch.save({'state_dict': state, 'args': argparse.Namespace(model='convnext_atto')}, training)
+    monkeypatch.delattr(torch.serialization, 'safe_globals')  # torch < 2.5
+    assert torch.equal(load_checkpoint_file(str(plain))['stem.0.weight'], state['stem.0.weight'])
+    with pytest.raises(CLIError, match=r'cannot read checkpoint .* safely with torch .*torch >= 2\.5'):
+        load_checkpoint_file(str(training))
+    message = one_line_error(run_cli, convert_tool.main, training, tmp_path / 'sg.pth', '--model', 'sgconvnext_atto')
+    assert 'torch >= 2.5' in message and not (tmp_path / 'sg.pth').exists()

@@ -6,10 +6,12 @@
         --model sgconvnext_tiny --img-size 384 --model-kwargs sg_kernel_dim=8
 
 IN: a state dict of the ConvNeXt of the same size (timm's or facebookresearch's layout), as ``.pth`` /
-``.pth.tar`` / ``.bin`` (loaded with ``weights_only``: no code is unpickled) or ``.safetensors``; a training
-checkpoint's ``state_dict`` / ``model`` is taken. OUT: the SGConvNeXt state dict, geometry included, as
-``.pth`` or ``.safetensors`` (by its extension), written whole or not at all. It loads like any SGConvNeXt
-checkpoint: ``timm.create_model(MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=OUT))``.
+``.pth.tar`` / ``.bin`` (loaded with ``weights_only``: no code is unpickled; torch < 2.5 reads plain state
+dicts only) or ``.safetensors``. From a training checkpoint the tool takes the weights timm's
+``--pretrained-path`` takes: the EMA weights (``state_dict_ema``, else ``model_ema``) when it has them, else
+``state_dict`` / ``model``; it prints which. OUT: the SGConvNeXt state dict, geometry included, as ``.pth`` or
+``.safetensors`` (by its extension), written whole or not at all. It loads like any SGConvNeXt checkpoint:
+``timm.create_model(MODEL, pretrained=True, pretrained_cfg_overlay=dict(file=OUT))``.
 
 --img-size is the input size the kernels are built for (default 224): a layer at map size L holds taps out to
 L - 1 pixels. --convert none writes today's warm start instead (the SGConv kernels at their seeded init).
@@ -19,6 +21,7 @@ import os
 import sys
 
 import torch
+from timm.models import clean_state_dict
 from timm.utils import ParseKwargs
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout: no pip install needed
@@ -31,6 +34,7 @@ from sgconvnext.training.checkpoint import load_checkpoint_file  # noqa: E402
 from sgconvnext.training.model import check_model_name, is_sgconvnext  # noqa: E402
 
 FORMATS = ('.pth', '.safetensors')
+WEIGHT_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model')  # timm's load_state_dict order (EMA first)
 
 
 def parse_args(argv=None):
@@ -45,23 +49,24 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def read_state_dict(path: str) -> dict:
+def read_state_dict(path: str):
+    """(the state dict in ``path``, the checkpoint entry it came from or None for a plain state dict)."""
     if path.endswith('.safetensors'):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         if not os.path.isfile(path):
             raise CLIError(f'{path} is not a file')
         try:
-            return load_file(path)
+            return load_file(path), None
         except (SafetensorError, OSError) as e:
             raise CLIError(f'{path} is not a readable safetensors file ({" ".join(str(e).split())[:200]})') from None
     checkpoint = load_checkpoint_file(path, flag='IN')
     if not isinstance(checkpoint, dict):
         raise CLIError(f'{path} holds a {type(checkpoint).__name__}, not a state dict')
-    for key in ('state_dict', 'model'):
+    for key in WEIGHT_KEYS:
         if isinstance(checkpoint.get(key), dict):
-            return checkpoint[key]
-    return checkpoint
+            return clean_state_dict(checkpoint[key]), key
+    return clean_state_dict(checkpoint), None
 
 
 def write_state_dict(state_dict: dict, path: str) -> None:
@@ -83,7 +88,7 @@ def main(argv=None):
     check_model_name(args.model)
     if not is_sgconvnext(args.model):
         raise CLIError(f'--model must be an sgconvnext model (the target of the conversion), got {args.model}')
-    state_dict = read_state_dict(args.input)
+    state_dict, entry = read_state_dict(args.input)
     head = state_dict.get('head.fc.weight', state_dict.get('head.weight'))
     kwargs = dict(num_classes=head.shape[0]) if isinstance(head, torch.Tensor) and head.dim() == 2 else {}
     torch.manual_seed(args.seed)
@@ -95,8 +100,9 @@ def main(argv=None):
     except (TypeError, ValueError, RuntimeError) as e:
         raise CLIError(f'cannot convert {args.input} into {args.model}: {" ".join(str(e).split())[:600]}') from None
     write_state_dict(converted, args.output)
+    source = f' from its {entry}' if entry else ''
     print(f'wrote {args.output}: {len(converted)} tensors for {args.model} built for {args.img_size} px '
-          f'(sg_convert={args.convert})')
+          f'(sg_convert={args.convert}){source}')
     return converted
 
 

@@ -14,11 +14,13 @@
 * ``CheckpointSaver.save_preempted`` writes ``last.pth.tar`` in the middle of an epoch (see preemption.py).
 """
 import argparse
+import contextlib
 import csv
 import glob
 import hashlib
 import logging
 import os
+import pickle
 import re
 from datetime import datetime
 
@@ -107,15 +109,21 @@ class CheckpointSaver(TimmCheckpointSaver):
 
 
 def load_checkpoint_file(path: str, flag: str = '--resume'):
-    """``torch.load`` of a checkpoint to cpu (tensors, containers and the args Namespace only)."""
+    """``torch.load`` of a checkpoint to cpu with ``weights_only`` (tensors, containers and the args Namespace
+    only): no code is ever unpickled. torch < 2.5 has no ``safe_globals`` to allow the Namespace, so there a
+    checkpoint holding one (a training checkpoint) is refused with a CLIError naming torch >= 2.5."""
     if not os.path.isfile(path):
         raise CLIError(f'{flag} {path} is not a file')
+    safe_globals = getattr(torch.serialization, 'safe_globals', None)
     try:
-        if hasattr(torch.serialization, 'safe_globals'):
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                return torch.load(path, map_location='cpu', weights_only=True)
-        return torch.load(path, map_location='cpu', weights_only=False)  # torch < 2.5: no safe_globals
+        with safe_globals([argparse.Namespace]) if safe_globals is not None else contextlib.nullcontext():
+            return torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # truncated file, not a torch file, unexpected pickled objects, ...
+        if safe_globals is None and isinstance(e, pickle.UnpicklingError):
+            raise CLIError(f'cannot read checkpoint {path} safely with torch {torch.__version__}: it holds objects '
+                           f'other than tensors (e.g. a training checkpoint\'s args), which torch >= 2.5 reads '
+                           f'without unpickling code; upgrade torch, or pass a plain state dict or a .safetensors '
+                           f'file') from None
         raise CLIError(f'cannot read checkpoint {path}: {" ".join(str(e).split())[:300]}') from None
 
 
