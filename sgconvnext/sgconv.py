@@ -92,24 +92,28 @@ def dtype_name(dtype: torch.dtype) -> str:
     return 'other'
 
 
-def call_key(height: int, width: int, channels_last: bool, dtype: str, needs_grad: bool, device_type: str) -> str:
+def call_key(height: int, width: int, channels_last: bool, dtype: str, needs_grad: bool, device_type: str,
+             batch: int) -> str:
     """The name of one kind of SGConv2d call in a tuned table: map size, memory format, compute dtype (autocast's
-    where it is on), training or inference, device type. ``'56x56/channels_last/float32/train/cpu'``."""
+    where it is on), training or inference, device type, batch size (matmul's path depends on it).
+    ``'56x56/channels_last/float32/train/cpu/batch8'``."""
     return (str(height) + 'x' + str(width) + '/' + ('channels_last' if channels_last else 'contiguous') + '/'
-            + dtype + '/' + ('train' if needs_grad else 'infer') + '/' + device_type)
+            + dtype + '/' + ('train' if needs_grad else 'infer') + '/' + device_type + '/batch' + str(batch))
 
 
-def _key_matches(key: str, height: int, width: int, channels_last: bool, dtype: str, needs_grad: bool,
-                 device_type: str) -> bool:
-    """Whether ``key`` (``call_key``'s form) names this call: under torch.compile, where the sizes may be traced as
-    symbols that cannot become text, the key is parsed instead of built."""
+def _key_batch(key: str, height: int, width: int, channels_last: bool, dtype: str, needs_grad: bool,
+               device_type: str) -> int:
+    """The batch size of ``key`` (``call_key``'s form) if it names this call at some batch size, else -1. Parsed, not
+    built: under torch.compile the sizes may be traced as symbols that cannot become text."""
     parts = key.split('/')
-    if len(parts) != 5 or parts[1] != ('channels_last' if channels_last else 'contiguous') or parts[2] != dtype:
-        return False
-    if parts[3] != ('train' if needs_grad else 'infer') or parts[4] != device_type:
-        return False
+    if len(parts) != 6 or parts[1] != ('channels_last' if channels_last else 'contiguous') or parts[2] != dtype:
+        return -1
+    if parts[3] != ('train' if needs_grad else 'infer') or parts[4] != device_type or not parts[5].startswith('batch'):
+        return -1
     size = parts[0].split('x')
-    return int(size[0]) == height and int(size[1]) == width
+    if int(size[0]) != height or int(size[1]) != width:
+        return -1
+    return int(parts[5][len('batch'):])
 
 
 def fast_fft_length(n: int) -> int:
@@ -180,6 +184,23 @@ def _autocast_dtype(device_type: str) -> str:
     if getter is not None:
         return dtype_name(getter(device_type))
     return dtype_name(torch.get_autocast_gpu_dtype() if device_type == 'cuda' else torch.get_autocast_cpu_dtype())
+
+
+_warned = set()  # what has been warned once in this process
+
+
+@torch.jit.unused
+def _warn_once(what: str, message: str) -> None:
+    if what not in _warned:
+        _warned.add(what)
+        warnings.warn(message, stacklevel=4)
+
+
+@torch.jit.unused
+def _warn_untuned_call(key: str, tuned: Dict[str, str]) -> None:
+    _warn_once('untuned', f'SGConv2d holds tuned backends, but none for the call {key} (it has e.g. '
+               f'{next(iter(tuned))}): auto\'s rules run it. A table holds for one device type, compute dtype, layout, '
+               f'train or infer and map size; moved to another device or dtype, tune again (sgconvnext.tune_backends)')
 
 
 @torch.jit.unused
@@ -288,14 +309,19 @@ class SGConv2d(nn.Module):
         return kh.unsqueeze(-1) * kw.unsqueeze(-2)
 
     def resolve_backend(self, height: int, width: int, device: torch.device, needs_grad: bool = True,
-                        channels_last: bool = False, dtype: str = 'float32') -> str:
-        """The backend a forward pass on an (height, width) map runs (``dtype``: the compute dtype's name). "direct"
-        becomes "matmul" where ``direct_is_safe`` says no, whether auto, a tuned table or the layer chose it."""
+                        channels_last: bool = False, dtype: str = 'float32', batch: int = 1) -> str:
+        """The backend a forward pass on a batch of (height, width) maps runs (``dtype``: the compute dtype's name).
+        "direct" becomes "matmul" where ``direct_is_safe`` says no, whether auto, a tuned table or the layer chose
+        it. A tuned table's choice for this call at the nearest tuned batch size is taken; a call the table has at no
+        batch size runs auto's rules (with one warning per process: ``_warn_untuned_call``)."""
         backend = self.backend
         if backend == 'auto':
             backend = ''
             if len(self.tuned) > 0:
-                backend = self._tuned_choice(height, width, channels_last, dtype, needs_grad, device.type)
+                backend = self._tuned_choice(height, width, channels_last, dtype, needs_grad, device.type, batch)
+                if backend == '' and not torch.jit.is_scripting() and not is_compiling():
+                    _warn_untuned_call(call_key(height, width, channels_last, dtype, needs_grad, device.type, batch),
+                                       self.tuned)
             if backend == '':
                 backend = choose_backend(height, width, device, needs_grad, channels_last)
         if backend == 'direct' and not direct_is_safe(self.dim, device.type, dtype):
@@ -303,14 +329,29 @@ class SGConv2d(nn.Module):
         return backend
 
     def _tuned_choice(self, height: int, width: int, channels_last: bool, dtype: str, needs_grad: bool,
-                      device_type: str) -> str:
-        """The tuned backend for this call, '' when the table has none."""
-        if not torch.jit.is_scripting() and is_compiling():  # sizes may be traced as symbols, which have no text
-            for key, backend in self.tuned.items():
-                if _key_matches(key, height, width, channels_last, dtype, needs_grad, device_type):
-                    return backend
-            return ''
-        return self.tuned.get(call_key(height, width, channels_last, dtype, needs_grad, device_type), '')
+                      device_type: str, batch: int) -> str:
+        """The tuned backend for this call (at the nearest tuned batch size), '' when the table has none."""
+        if torch.jit.is_scripting() or not is_compiling():  # under compile sizes may be symbols, which have no text
+            exact = self.tuned.get(call_key(height, width, channels_last, dtype, needs_grad, device_type, batch), '')
+            if exact != '':
+                return exact
+        best, best_gap = '', -1
+        for key, backend in self.tuned.items():
+            tuned_batch = _key_batch(key, height, width, channels_last, dtype, needs_grad, device_type)
+            if tuned_batch >= 0:
+                gap = abs(tuned_batch - batch)
+                if best_gap < 0 or gap < best_gap:
+                    best, best_gap = backend, gap
+        return best
+
+    @torch.jit.unused
+    def __prepare_scriptable__(self):
+        """torch.jit.script calls this first: TorchScript does not see autocast's dtype, so choices tuned under
+        autocast are not found there (auto's rules run those calls); say so once."""
+        if any(key.split('/')[2] in ('bfloat16', 'float16') for key in self.tuned):
+            _warn_once('script', 'SGConv2d under torch.jit.script: TorchScript does not see autocast\'s dtype, so '
+                       'backends tuned under bf16 / fp16 autocast are not used there; auto\'s rules run those calls')
+        return self
 
     def _check_input(self, x: torch.Tensor) -> None:
         if not torch.jit.is_scripting():
@@ -333,7 +374,7 @@ class SGConv2d(nn.Module):
         channels_last = is_channels_last(x)
         # autocast's dtype only for a tuned table's key; the direct guard only asks whether it is float64
         dtype = self._compute_dtype(x) if len(self.tuned) > 0 else dtype_name(x.dtype)
-        backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last, dtype)
+        backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last, dtype, int(x.shape[0]))
         if not torch.jit.is_scripting() and exporting_onnx():
             backend = 'matmul'  # the backend both torch.onnx exporters translate (docs/deployment.md, "ONNX")
         if backend == 'direct':

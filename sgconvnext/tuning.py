@@ -36,7 +36,8 @@ from .toeplitz import is_channels_last
 __all__ = ['tune_backends', 'save_backend_table', 'load_backend_table', 'apply_backend_table', 'clear_backends',
            'describe_device', 'format_backend_table']
 
-TABLE_FORMAT = 'sgconvnext-backend-table/1'
+TABLE_FORMAT = 'sgconvnext-backend-table/2'  # /2: keys name the batch size, layer names have no wrapper prefix
+WRAPPER_PREFIXES = ('module.', '_orig_mod.')  # DDP and timm's EMA wrappers, torch.compile
 _logger = logging.getLogger(__name__)
 
 
@@ -53,8 +54,20 @@ def describe_device(device: torch.device) -> str:
     return f'{device.type}: {name} ({torch.get_num_threads()} threads)'
 
 
+def layer_name(name: str) -> str:
+    """A module name without the prefixes that wrappers add (``module.``, ``_orig_mod.``): a table made on a wrapped
+    model fits the bare model, and the other way round."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in WRAPPER_PREFIXES:
+            if name.startswith(prefix):
+                name, stripped = name[len(prefix):], True
+    return name
+
+
 def _sgconv_layers(model) -> Dict[str, SGConv2d]:
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, SGConv2d)}
+    layers = {layer_name(name): m for name, m in model.named_modules() if isinstance(m, SGConv2d)}
     if not layers:
         raise ValueError(f'{type(model).__name__} has no SGConv2d layers to tune')
     return layers
@@ -70,7 +83,8 @@ def _record_calls(model, example_input: torch.Tensor, train: bool) -> Dict[str, 
             x = args[0]
             dtype = module._compute_dtype(x)
             channels_last = is_channels_last(x)
-            calls[name] = dict(key=call_key(x.shape[2], x.shape[3], channels_last, dtype, train, x.device.type),
+            calls[name] = dict(key=call_key(x.shape[2], x.shape[3], channels_last, dtype, train, x.device.type,
+                                            x.shape[0]),
                                shape=tuple(x.shape), channels_last=channels_last, dtype=x.dtype,
                                autocast=getattr(torch, dtype) if autocast_on(x.device.type) else None)
         return hook
@@ -183,9 +197,16 @@ def tune_backends(model, example_input: torch.Tensor, modes=('train', 'infer'), 
 def _measure(model, layers, example_input, modes, warmup, runs, time_limit) -> dict:
     device = example_input.device
     timings, timed = [], {}
+    explicit = sorted(name for name, layer in layers.items() if layer.backend != 'auto')
+    if explicit:
+        warnings.warn(f'tune_backends: {len(explicit)} SGConv2d layer(s) have an explicit backend and are not tuned '
+                      f'(only backend="auto" reads a tuned choice), e.g. {explicit[0]} '
+                      f'(backend={layers[explicit[0]].backend!r})', stacklevel=3)
     for mode in modes:
         for name, call in _record_calls(model, example_input, mode == 'train').items():
             layer = layers[name]
+            if layer.backend != 'auto':
+                continue
             signature = (call['key'], call['shape'], layer.l_max, layer.bias is not None)
             if signature not in timed:
                 timed[signature] = _time_backends(layer, call, mode == 'train', warmup, runs, time_limit)
@@ -193,6 +214,7 @@ def _measure(model, layers, example_input, modes, warmup, runs, time_limit) -> d
             timed[signature]['layers'].append(name)
     return dict(format=TABLE_FORMAT, device=describe_device(device), device_type=device.type,
                 torch=torch.__version__, input_shape=list(example_input.shape), time_limit_s=time_limit,
+                not_tuned=explicit,
                 layers={name: dict(channels=layer.dim, l_max=list(layer.l_max)) for name, layer in layers.items()},
                 timings=timings)
 
@@ -265,6 +287,10 @@ def _read_table(path: str) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f'backend table {path} is damaged (not JSON: {e.msg} at line {e.lineno})') from None
     fields = ('format', 'device', 'device_type', 'torch', 'input_shape', 'layers', 'timings')
+    if isinstance(table, dict) and str(table.get('format', '')).startswith('sgconvnext-backend-table/') \
+            and table.get('format') != TABLE_FORMAT:
+        raise ValueError(f'{path} is a backend table of another format ({table["format"]}, this sgconvnext reads '
+                         f'{TABLE_FORMAT}): tune again (sgconvnext.tune_backends) and save it anew')
     if not isinstance(table, dict) or table.get('format') != TABLE_FORMAT or any(k not in table for k in fields):
         raise ValueError(f'{path} is not an sgconvnext backend table (expected format {TABLE_FORMAT!r} with '
                          f'{", ".join(fields)})')

@@ -36,7 +36,7 @@ def test_every_way_of_asking_for_direct_is_routed_below_the_bound(channels, rout
         explicit = SGConv2d(channels, 32, backend='direct')
     auto = SGConv2d(channels, 32)  # auto picks direct for channels_last inference on maps <= 64
     tuned = SGConv2d(channels, 32)
-    tuned.tuned = {call_key(32, 32, True, 'bfloat16', True, 'cpu'): 'direct'}
+    tuned.tuned = {call_key(32, 32, True, 'bfloat16', True, 'cpu', 1): 'direct'}
     assert explicit.resolve_backend(32, 32, CPU, True, True, 'bfloat16') == expected
     assert auto.resolve_backend(32, 32, CPU, False, True, 'bfloat16') == expected
     assert tuned.resolve_backend(32, 32, CPU, True, True, 'bfloat16') == expected
@@ -87,7 +87,7 @@ def test_a_backend_that_does_not_return_in_time_is_dropped_and_the_tuner_returns
     model = torch.nn.Sequential(SGConv2d(40, 8), SGConv2d(40, 8))
     x = torch.randn(1, 40, 8, 8).contiguous(memory_format=torch.channels_last)
     start = time.perf_counter()
-    with pytest.warns(UserWarning, match='direct dropped for 8x8/channels_last/float32/train/cpu'):
+    with pytest.warns(UserWarning, match='direct dropped for 8x8/channels_last/float32/train/cpu/batch1'):
         table = tune_backends(model, x, runs=1, time_limit=0.5)
     assert time.perf_counter() - start < 2.5  # two calls (train, infer): each waits 0.5 s for direct, not 3
     for entry in table['timings']:
@@ -130,7 +130,7 @@ for channels, (h, w), l_max, kd, dtype, cl, amp in cases:
         x = (x.contiguous(memory_format=torch.channels_last) if cl else x).requires_grad_()
         compute = 'bfloat16' if amp else 'float32'
         if choice == 'tuned':
-            layer.tuned = {call_key(h, w, cl and channels > 1, compute, g, 'cpu'): 'direct' for g in (True, False)}
+            layer.tuned = {call_key(h, w, cl and channels > 1, compute, g, 'cpu', 2): 'direct' for g in (True, False)}
         with torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):
             out = layer(x)
         with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16, enabled=amp):

@@ -76,7 +76,7 @@ def check(case):
     needs_grad = case['x_grad'] or case['param_grad']
     if case['backend'] == 'tuned':
         key = call_key(case['height'], case['width'], is_channels_last(x), dtype_name(case['dtype']), needs_grad,
-                       'cpu')
+                       'cpu', case['batch'])
         layer.tuned = {key: case['tuned']}
         expected_backend = case['tuned']
     else:

@@ -32,10 +32,10 @@ def test_every_distinct_call_is_timed_once_and_its_fastest_backend_kept(tuned):
     model, _, table = tuned
     keys = {t['key'] for t in table['timings']}
     maps = {'16x16', '8x8', '4x4', '2x2'}  # the four stages at 64 px
-    assert keys == {f'{m}/channels_last/float32/{mode}/cpu' for m in maps for mode in ('train', 'infer')}
+    assert keys == {f'{m}/channels_last/float32/{mode}/cpu/batch2' for m in maps for mode in ('train', 'infer')}
     for t in table['timings']:
         assert set(t['ms']) == set(EXACT_BACKENDS) and t['choice'] == min(t['ms'], key=t['ms'].get)
-    assert sorted(n for t in table['timings'] if t['key'].endswith('/train/cpu') for n in t['layers']) == \
+    assert sorted(n for t in table['timings'] if '/train/cpu/' in t['key'] for n in t['layers']) == \
         sorted(layers(model))  # every layer is in the table, once per mode
     for t in table['timings']:
         for name in t['layers']:
@@ -45,12 +45,12 @@ def test_every_distinct_call_is_timed_once_and_its_fastest_backend_kept(tuned):
 def test_tuned_choices_are_run_and_unknown_calls_keep_auto(tuned):
     model, x, table = tuned
     layer = model.stages[0].blocks[0].conv_dw
-    infer_key = '16x16/channels_last/float32/infer/cpu'
+    infer_key = '16x16/channels_last/float32/infer/cpu/batch2'
     original = dict(layer.tuned)
     try:
         for backend in EXACT_BACKENDS:
             layer.tuned[infer_key] = backend
-            assert layer.resolve_backend(16, 16, x.device, False, True, 'float32') == backend
+            assert layer.resolve_backend(16, 16, x.device, False, True, 'float32', 2) == backend
         assert layer.resolve_backend(20, 20, x.device, False, True, 'float32') == 'direct'  # auto's rule, untimed
     finally:
         layer.tuned = original
@@ -186,3 +186,79 @@ def test_train_imagenet_tunes_or_loads_a_table_before_the_first_epoch(tmp_path, 
     finally:
         torch.set_num_threads(threads)
     assert (tmp_path / 'tuned' / 'summary.csv').exists() and (tmp_path / 'loaded' / 'summary.csv').exists()
+
+
+def test_a_table_fits_the_model_through_ddp_ema_and_compile_wrappers(tuned):
+    model, x, table = tuned
+
+    class Wrapper(torch.nn.Module):  # what DDP and timm's ModelEmaV3 look like from outside: .module
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, x):
+            return self.module(x)
+
+    fresh = timm.create_model('sgconvnext_atto', img_size=64)
+    for wrapped in (Wrapper(fresh), torch.compile(fresh, backend='eager'), Wrapper(torch.compile(fresh, backend='eager'))):
+        apply_backend_table(wrapped, table)  # the names carry module. / _orig_mod.; the table's do not
+        assert {n: m.tuned for n, m in layers(fresh).items()} == {n: m.tuned for n, m in layers(model).items()}
+    wrapped_table = tune_backends(Wrapper(fresh), x, modes=('infer',), warmup=0, runs=1)
+    assert all(not name.startswith('module.') for t in wrapped_table['timings'] for name in t['layers'])
+    apply_backend_table(model, tuned[2])
+
+
+def test_a_batch_never_tuned_takes_the_choice_of_the_nearest_tuned_batch(monkeypatch):
+    monkeypatch.setattr(sgconvnext.sgconv, '_warned', set())
+    layer = SGConv2d(40, 16)
+    key = '16x16/channels_last/float32/infer/cpu/batch{}'
+    layer.tuned = {key.format(2): 'fft', key.format(64): 'direct'}
+    cpu = torch.device('cpu')
+    assert [layer.resolve_backend(16, 16, cpu, False, True, 'float32', b) for b in (1, 2, 8, 40, 64, 512)] == \
+        ['fft', 'fft', 'fft', 'direct', 'direct', 'direct']
+    with pytest.warns(UserWarning, match='none for the call 16x16/contiguous/float32/infer/cpu/batch8') as record:
+        assert layer.resolve_backend(16, 16, cpu, False, False, 'float32', 8) == 'matmul'  # auto's rule
+        layer.resolve_backend(16, 16, torch.device('cuda'), False, True, 'float32', 8)  # as after .cuda(): once
+    assert len(record) == 1 and 'tune again' in str(record[0].message)
+    x = torch.randn(3, 40, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.profiler.profile() as prof:
+        layer(x)  # batch 3: the batch-2 choice, fft
+    assert any('fft' in e.name for e in prof.events())
+
+
+def test_layers_with_an_explicit_backend_are_not_tuned_and_that_is_said(monkeypatch):
+    model = torch.nn.Sequential(SGConv2d(40, 8), SGConv2d(40, 8, backend='fft'))
+    with pytest.warns(UserWarning, match=r'1 SGConv2d layer\(s\) have an explicit backend and are not tuned.*'
+                                         r"e\.g\. 1 \(backend='fft'\)"):
+        table = tune_backends(model, torch.randn(1, 40, 8, 8), modes=('infer',), warmup=0, runs=1)
+    assert table['not_tuned'] == ['1'] and [t['layers'] for t in table['timings']] == [['0']]
+    assert model[1].tuned == {}
+
+
+def test_scripting_a_model_tuned_under_autocast_says_those_choices_are_not_used(monkeypatch):
+    monkeypatch.setattr(sgconvnext.sgconv, '_warned', set())
+    layer = SGConv2d(40, 8)
+    layer.tuned = {'8x8/channels_last/bfloat16/infer/cpu/batch1': 'fft'}
+    with pytest.warns(UserWarning, match='backends tuned under bf16 / fp16 autocast are not used there'):
+        torch.jit.script(layer)
+
+
+def test_a_table_of_the_older_format_is_refused_with_what_to_do(tuned, tmp_path):
+    model, _, table = tuned
+    (tmp_path / 'old.json').write_text(json.dumps(dict(table, format='sgconvnext-backend-table/1')))
+    with pytest.raises(ValueError, match=r'old.json is a backend table of another format .*tune again'):
+        sgconvnext.load_backend_table(model, str(tmp_path / 'old.json'))
+
+
+def test_sg_tune_in_a_training_run_leaves_the_random_numbers_as_they_were():
+    import argparse
+    import contextlib
+    from sgconvnext.training.model import setup_backends
+    model = timm.create_model('sgconvnext_atto', img_size=32)
+    args = argparse.Namespace(sg_tune=True, sg_backend_table='', model='sgconvnext_atto', batch_size=2,
+                              channels_last=False)
+    torch.manual_seed(3)
+    before = torch.random.get_rng_state()
+    setup_backends(args, model, (3, 32, 32), torch.device('cpu'), contextlib.nullcontext, modes=('infer',))
+    assert torch.equal(before, torch.random.get_rng_state())  # the example batch is drawn on a forked generator
+    assert any(layer.tuned for layer in layers(model).values())

@@ -34,7 +34,7 @@ from sgconvnext.training.checkpoint import load_checkpoint_file  # noqa: E402
 from sgconvnext.training.config import CLIError, OneLineErrorParser, run_cli  # noqa: E402
 from sgconvnext.training.data import create_checked_dataset  # noqa: E402
 from sgconvnext.training.eval import evaluate  # noqa: E402
-from sgconvnext.training.model import create_model_checked  # noqa: E402
+from sgconvnext.training.model import create_model_checked, setup_backends  # noqa: E402
 from sgconvnext.training.optim import create_amp  # noqa: E402
 
 _logger = logging.getLogger('validate')
@@ -74,6 +74,10 @@ add('--device', default=None, help='device (default: cuda when available, else c
 add('--amp', action='store_true', default=False, help='mixed precision (autocast)')
 add('--amp-dtype', default='float16', help='AMP dtype: float16 or bfloat16')
 add('--model-kwargs', nargs='*', default={}, action=ParseKwargs, help='extra model kwargs, key=value')
+add('--sg-tune', action='store_true', help='time SGConv2d\'s backends for an eval batch first and run the fastest '
+    '(sgconvnext.tune_backends)')
+add('--sg-backend-table', default='', metavar='PATH', help='apply a backend table saved on this machine '
+    '(sgconvnext.save_backend_table)')
 add('--torchcompile', nargs='?', type=str, default=None, const='inductor', help='torch.compile with this backend')
 add('--torchcompile-mode', default=None, help='torch.compile mode')
 add('--results-file', default='', metavar='FILENAME', help='write the results here')
@@ -122,9 +126,11 @@ def main(argv=None):
     model = model.to(device).eval()
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    amp_autocast, _ = create_amp(args, device)
+    args.model = model_name
+    setup_backends(args, model, data_config['input_size'], device, amp_autocast, modes=('infer',))
     if args.torchcompile:
         model = torch.compile(model, backend=args.torchcompile, mode=args.torchcompile_mode)
-    amp_autocast, _ = create_amp(args, device)
 
     dataset = create_checked_dataset(
         args.dataset, args.data_dir, args.split, is_training=False, flag='--split', class_map=args.class_map,

@@ -106,9 +106,11 @@ def build_model(args) -> nn.Module:
     return model
 
 
-def setup_backends(args, model: nn.Module, input_size, device: torch.device, amp_autocast) -> None:
-    """--sg-tune: time SGConv2d's backends for a training batch on ``device``, in the run's memory format and
-    autocast (rank 0 times, every rank runs its choices); --sg-backend-table: apply a saved table."""
+def setup_backends(args, model: nn.Module, input_size, device: torch.device, amp_autocast,
+                   modes=('train', 'infer')) -> None:
+    """--sg-tune: time SGConv2d's backends for a batch on ``device`` (training and / or inference: ``modes``), in
+    the run's memory format and autocast (rank 0 times, every rank runs its choices); --sg-backend-table: apply a
+    saved table."""
     if not (args.sg_tune or args.sg_backend_table):
         return
     if args.sg_tune and args.sg_backend_table:
@@ -124,9 +126,10 @@ def setup_backends(args, model: nn.Module, input_size, device: torch.device, amp
         if table is not None:
             _logger.info(f'SGConv2d backends from {args.sg_backend_table}:\n{format_backend_table(table)}')
         return
-    x = torch.randn(shape, device=device)
+    with torch.random.fork_rng(devices=[device] if device.type == 'cuda' else []):  # a tuned run draws as an untuned
+        x = torch.randn(shape, device=device)
     if args.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with amp_autocast():
-        table = tune_backends(model, x)
+        table = tune_backends(model, x, modes=modes)
     _logger.info(f'SGConv2d backends tuned for this run:\n{format_backend_table(table)}')
