@@ -5,8 +5,10 @@ two centred axis kernels. Batched matrix products want the channel outermost, so
 moving data between (B, C, H, W) layouts and (C, H, B, W); this module does those moves the cheap way:
 
 * whole batch (default): x goes to (C, H, B, W) through contiguous NCHW, both products run over the whole
-  batch, the result goes back to x's memory format. Its autograd Function saves only x and the Toeplitz
-  matrices, as a depthwise conv saves its input; the backward recomputes the layout copy and the first product.
+  batch, the result goes back to x's memory format. Its autograd Function saves the channel-major copy of x
+  (made anyway, as large as x: what a depthwise conv saves) and the two axis kernels; the backward rebuilds the
+  Toeplitz matrices and recomputes the first product. (Recomputing the copy too, as until 2026-12-02, cost a
+  tiny training step at 224 px 2-4 % of its time for no memory.)
 * image by image (CPU, channels_last input, batch > 1, large maps): each image is moved, multiplied and
   written back while it is still in cache, and the backward recomputes the first product instead of saving it.
 
@@ -63,10 +65,16 @@ def _whole_batch(x: torch.Tensor, th: torch.Tensor, tw_t: torch.Tensor, bias: Op
                  channels_last: bool) -> torch.Tensor:
     """``th @ x @ tw_t (+ bias)`` per channel over the whole batch, as plain ops. x: (B, C, H, W); th: (C, H, H);
     tw_t: (C, W, W). Returns (B, C, H, W) in x's memory format."""
-    b, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+    return _channel_major_products(_to_channel_major(x), th, tw_t, bias, channels_last)
+
+
+def _channel_major_products(xm: torch.Tensor, th: torch.Tensor, tw_t: torch.Tensor, bias: Optional[torch.Tensor],
+                            channels_last: bool) -> torch.Tensor:
+    """``_whole_batch`` from x already moved to channel-major (C, H, B, W)."""
+    c, h, b, w = xm.shape[0], xm.shape[1], xm.shape[2], xm.shape[3]
     # Th @ (H, B*W), then (H*B, W) @ Tw^T: per-channel GEMMs with the batch folded in, and no copy between
     # them. The bias rides on the second product.
-    y = torch.bmm(th, _to_channel_major(x).view(c, h, b * w)).view(c, h * b, w)
+    y = torch.bmm(th, xm.view(c, h, b * w)).view(c, h * b, w)
     if bias is None:
         y = torch.bmm(y, tw_t)
     else:
@@ -82,51 +90,57 @@ def _kernel_grad(kernel: torch.Tensor, n: int, grad_t: torch.Tensor) -> torch.Te
 
 
 class _ToeplitzFunction(torch.autograd.Function):
-    """Toeplitz products that save only what ConvNeXt's depthwise conv saves, the input x, and the two small axis
-    kernels (C, 2n-1): the backward rebuilds the Toeplitz matrices (as large as x itself at batch 1) and
-    recomputes the channel-major copy of x and the first product instead of keeping them. So a training step
-    holds no more activation memory than with a 7x7 conv. Gradients are those of the same products, in the
-    forward's compute dtype (autocast's, where it is on). Subclasses: the whole batch at once, image by image."""
+    """Toeplitz products that save as much as ConvNeXt's depthwise conv saves, one tensor the size of the input x
+    (x itself, or its channel-major copy that the forward made anyway), and the two small axis kernels (C, 2n-1):
+    the backward rebuilds the Toeplitz matrices (as large as x itself at batch 1) and recomputes the first product
+    instead of keeping it. So a training step holds no more activation memory than with a 7x7 conv. Gradients are
+    those of the same products, in the forward's compute dtype (autocast's, where it is on). Subclasses: the whole
+    batch at once, image by image."""
 
     @staticmethod
     def products(x, th, tw_t, bias, channels_last):
+        """(the output, the x-sized tensor the backward reads)."""
         raise NotImplementedError
 
     @staticmethod
-    def matrix_grads(ctx, x, th, tw_t, grad):
+    def matrix_grads(ctx, saved, th, tw_t, grad):
         """(grad of x, of th, of tw_t), each None where not needed."""
         raise NotImplementedError
 
     @classmethod
     def forward(cls, ctx, x, kh, kw, bias, channels_last):
         h, w = x.shape[2], x.shape[3]
-        y = cls.products(x, _toeplitz(kh, h), _toeplitz(kw, w).transpose(-1, -2), bias, channels_last)
-        ctx.save_for_backward(x, kh, kw)
+        y, saved = cls.products(x, _toeplitz(kh, h), _toeplitz(kw, w).transpose(-1, -2), bias, channels_last)
+        ctx.save_for_backward(saved, kh, kw)
         ctx.has_bias, ctx.channels_last, ctx.compute_dtype = bias is not None, channels_last, y.dtype
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
         return y
 
     @classmethod
     def backward(cls, ctx, grad):
-        x, kh, kw = ctx.saved_tensors
-        h, w = x.shape[2], x.shape[3]
+        saved, kh, kw = ctx.saved_tensors
+        h, w = ctx.x_shape[2], ctx.x_shape[3]
         dtype = ctx.compute_dtype
         th, tw_t = _toeplitz(kh.to(dtype), h), _toeplitz(kw.to(dtype), w).transpose(-1, -2)
-        grad_x, grad_th, grad_tw_t = cls.matrix_grads(ctx, x.to(dtype), th, tw_t, grad.to(dtype))
+        grad_x, grad_th, grad_tw_t = cls.matrix_grads(ctx, saved.to(dtype), th, tw_t, grad.to(dtype))
         grad_kh = _kernel_grad(kh, h, grad_th.to(kh.dtype)) if grad_th is not None else None
         grad_kw = _kernel_grad(kw, w, grad_tw_t.transpose(-1, -2).to(kw.dtype)) if grad_tw_t is not None else None
         grad_bias = grad.sum((0, 2, 3)) if ctx.has_bias and ctx.needs_input_grad[3] else None
-        return None if grad_x is None else grad_x.to(x.dtype), grad_kh, grad_kw, grad_bias, None
+        return None if grad_x is None else grad_x.to(ctx.x_dtype), grad_kh, grad_kw, grad_bias, None
 
 
 class _WholeBatch(_ToeplitzFunction):
-    products = staticmethod(_whole_batch)
+    @staticmethod
+    def products(x, th, tw_t, bias, channels_last):
+        xm = _to_channel_major(x)  # kept for the backward: no copy to redo there
+        return _channel_major_products(xm, th, tw_t, bias, channels_last), xm
 
     @staticmethod
-    def matrix_grads(ctx, x, th, tw_t, grad):
+    def matrix_grads(ctx, xm, th, tw_t, grad):
         need_x, need_th, need_tw = ctx.needs_input_grad[:3]
-        b, c, h, w = x.shape
+        c, h, b, w = xm.shape
         g = _to_channel_major(grad).view(c, h * b, w)                       # dL/dy, (C, H*B, W)
-        xm = _to_channel_major(x).view(c, h, b * w) if need_th or need_tw else None
+        xm = xm.view(c, h, b * w)
         grad_tw_t = None
         if need_tw:  # y1 = th @ xm, recomputed
             grad_tw_t = torch.bmm(torch.bmm(th, xm).view(c, h * b, w).transpose(1, 2), g)
@@ -154,7 +168,9 @@ def _image_products(x: torch.Tensor, th: torch.Tensor, tw_t: torch.Tensor, bias:
 
 
 class _ImageByImage(_ToeplitzFunction):
-    products = staticmethod(_image_products)
+    @staticmethod
+    def products(x, th, tw_t, bias, channels_last):
+        return _image_products(x, th, tw_t, bias, channels_last), x
 
     @staticmethod
     def matrix_grads(ctx, x, th, tw_t, grad):
