@@ -327,3 +327,29 @@ def test_torch_export_matmul_backend():
     exported = torch.export.export(layer, (x,))
     x2 = torch.randn(2, 4, 10, 7)
     torch.testing.assert_close(exported.module()(x2), layer(x2))
+
+
+BF16_UNIT_ROUNDOFF = 2.0 ** -8  # bf16 keeps 8 significant bits
+
+
+@pytest.mark.parametrize('channels', (3, sgconv.DIRECT_MIN_CHANNELS_CPU))  # 3: "direct" runs matmul (the guard)
+@pytest.mark.parametrize('channels_last', (False, True))
+@pytest.mark.parametrize('backend', BACKENDS)
+def test_bf16_autocast_values_and_gradients_match_float64_within_bf16_precision(backend, channels_last, channels):
+    # Under autocast matmul and direct multiply bf16 operands (x and the kernels rounded to 8 bits) with float32
+    # accumulation, and round each of their two products' outputs; fft computes in float32. So each output and
+    # gradient carries a few bf16 roundings, relative to its size: the bound is 8 unit roundoffs, norm-wise
+    # (measured 2026-12-02: at most 1.0 roundoff for matmul, 1.9 for direct, 6e-5 of one for fft).
+    layer = make_layer((9, 14), channels=channels, backend=backend)
+    layer32 = make_layer((9, 14), dtype=torch.float32, channels=channels, backend=backend)
+    layer32.load_state_dict(layer.state_dict())
+    x = torch.randn(2, channels, 9, 14, dtype=torch.float64, requires_grad=True)
+    x32 = x.detach().float()
+    x32 = (x32.contiguous(memory_format=torch.channels_last) if channels_last else x32).requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = layer32(x32)
+    ref = reference_sgconv(layer, x)
+    errors = [rel_err(out.double(), ref)]
+    for g, g_ref in zip(grads(out, [x32] + list(layer32.parameters())), grads(ref, [x] + list(layer.parameters()))):
+        errors.append(rel_err(g.double(), g_ref))
+    assert max(errors) < 8 * BF16_UNIT_ROUNDOFF, [e / BF16_UNIT_ROUNDOFF for e in errors]
