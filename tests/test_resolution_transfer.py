@@ -109,3 +109,20 @@ def test_validate_runs_as_a_command_without_installing_the_package(trained_at_32
                          timeout=300, cwd=tmp_path, env=dict(env, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / 'r.json').read_text())['img_size'] == 48
+
+
+def test_validate_tunes_or_loads_the_backends_and_gives_the_same_numbers(trained_at_32, tmp_path, capsys):
+    data, _, checkpoint = trained_at_32
+    common = ['--checkpoint', str(checkpoint), '--data-dir', data, '-b', '4', '-j', '0', '--device', 'cpu',
+              '--channels-last']
+    plain = validate_script.main(common)
+    tuned = validate_script.main(common + ['--sg-tune'])
+    assert 'SGConv2d backends tuned for this run' in capsys.readouterr().err
+    for key in ('top1', 'top5', 'num_samples', 'img_size'):
+        assert tuned[key] == plain[key]
+    assert abs(tuned['loss'] - plain['loss']) < 1e-4
+    missing = tmp_path / 'none.json'
+    with pytest.raises(SystemExit) as e:
+        from sgconvnext.cli import run_cli
+        run_cli(validate_script.main, common + ['--sg-backend-table', str(missing)])
+    assert 'cannot read backend table' in str(e.value.code)
