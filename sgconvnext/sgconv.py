@@ -8,9 +8,9 @@ size, never circular), then a per-channel bias is added. Exact ways to compute i
   ``y = Th @ x @ Tw^T`` per channel: two batched matrix products, O(HW(H+W)) (``toeplitz.py``).
 * ``"fft"``: rfft per axis to a fast length >= 2n - 1, multiply by the outer product of the two
   axis spectra (the spatial 2-D kernel is never built), invert, crop. O(HW log HW).
-* ``"direct"``: two 1-D depthwise convolutions, (1, 2W-1) then (2H-1, 1), through the conv library
-  (oneDNN / cuDNN); fast forward on small maps and native to channels_last, slow backward. On CPU it is not used
-  below ``DIRECT_MIN_CHANNELS_CPU`` channels (``direct_is_safe``): matmul runs instead, whatever was asked for.
+* ``"direct"``: two 1-D depthwise convolutions, (1, 2W-1) then (2H-1, 1), through the conv library (oneDNN /
+  cuDNN, ``direct.py``); fast forward on small maps and native to channels_last, slow backward. On CPU it is not
+  used below ``DIRECT_MIN_CHANNELS_CPU`` channels (``direct_is_safe``): matmul runs instead, whatever was asked.
 * ``"auto"``: picks the one measured faster for the map size, the input's memory format and whether
   gradients are needed (``choose_backend``), unless the layer holds a choice timed on this device for the call
   (``tuned``, set by ``sgconvnext.tune_backends`` or a saved table; ``call_key`` names a call).
@@ -20,9 +20,9 @@ import warnings
 from typing import Dict, Optional, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .direct import DIRECT_MIN_CHANNELS_CPU, _warn_direct_rerouted, direct_conv2d, direct_is_safe
 from .kernel import SGKernel1d, _positive_int
 from .resize import DEFAULT_RESIZE, check_resize
 from .runtime import autocast_on, exporting_onnx, is_compiling
@@ -50,23 +50,6 @@ EXACT_BACKENDS = ('fft', 'matmul', 'direct')  # what auto chooses from
 #   (2.4x faster at 1024); the factor puts the square crossover near 2800.
 FFT_COST_FACTOR = 56.0
 DIRECT_MAX_SIDE_INFERENCE = 64
-# torch's CPU depthwise convolution (oneDNN) is not safe with few channels on every CPU. On a 2-core AMD EPYC with
-# AVX512-BF16 (torch 2.14.1, 2026-12): bf16 channels_last depthwise convs with C = 4, 8 and 16 never returned
-# (kernel (1, 15) on 32x32, and C = 8 on 40x40 and 56x56 maps; C = 1, 24, 32 ... 96 returned in 1-6 ms), and in
-# float32 the weight gradient at C = 1 was wrong (relative error 1e21 on a 14x13 map; a segfault in channels_last)
-# while C = 8 ... 96 were right. The boundary is not known for every CPU, so the guard is wider than what was seen:
-# below this many channels "direct" runs matmul on CPU (float64 takes torch's own convolution, not oneDNN, and is
-# left alone). The models have 40 channels or more (atto's stage 0) and are not affected.
-DIRECT_MIN_CHANNELS_CPU = 32
-_warned_direct = [False]  # one warning per process for an explicit backend="direct" that the guard reroutes
-
-
-def direct_is_safe(channels: int, device_type: str, dtype: str, min_channels: int = DIRECT_MIN_CHANNELS_CPU) -> bool:
-    """Whether "direct" may run a depthwise conv of ``channels`` channels on ``device_type`` in compute dtype
-    ``dtype`` (a ``dtype_name``); where not, SGConv2d runs matmul (``DIRECT_MIN_CHANNELS_CPU``)."""
-    return device_type != 'cpu' or dtype == 'float64' or channels >= min_channels
-
-
 def choose_backend(height: int, width: int, device: torch.device, needs_grad: bool = True,
                    channels_last: bool = False, direct_max_side: int = DIRECT_MAX_SIDE_INFERENCE,
                    fft_cost_factor: float = FFT_COST_FACTOR) -> str:
@@ -130,20 +113,6 @@ def _is_7_smooth(n: int) -> bool:
     return n == 1
 
 
-def direct_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
-                  bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Zero-padded separable convolution as two 1-D depthwise convolutions (W first, then H), plus a bias.
-
-    x: (B, C, H, W); kh: (C, 2H-1); kw: (C, 2W-1) centred kernels; bias: (C,). Returns (B, C, H, W).
-    conv2d correlates, so the kernels are flipped to convolve.
-    """
-    c, h, w = x.shape[1:]
-    kw = kw.to(x.dtype).flip(-1).view(c, 1, 1, 2 * w - 1)
-    kh = kh.to(x.dtype).flip(-1).view(c, 1, 2 * h - 1, 1)
-    y = F.conv2d(x, kw, padding=(0, w - 1), groups=c)
-    return F.conv2d(y, kh, None if bias is None else bias.to(x.dtype), padding=(h - 1, 0), groups=c)
-
-
 def _circular(kernel: torch.Tensor, n: int) -> torch.Tensor:
     """(C, 2L-1) centred kernel -> (C, n) with offset s at index s mod n (needs n >= 2L-1)."""
     length = (kernel.shape[-1] + 1) // 2
@@ -201,15 +170,6 @@ def _warn_untuned_call(key: str, tuned: Dict[str, str]) -> None:
     _warn_once('untuned', f'SGConv2d holds tuned backends, but none for the call {key} (it has e.g. '
                f'{next(iter(tuned))}): auto\'s rules run it. A table holds for one device type, compute dtype, layout, '
                f'train or infer and map size; moved to another device or dtype, tune again (sgconvnext.tune_backends)')
-
-
-@torch.jit.unused
-def _warn_direct_rerouted(channels: int) -> None:
-    if not _warned_direct[0]:
-        _warned_direct[0] = True
-        warnings.warn(f'SGConv2d({channels}, backend="direct") runs the "matmul" backend on CPU (same function): torch\'s '
-                      f'CPU depthwise convolution stalls or returns wrong gradients on some CPUs with fewer than '
-                      f'{DIRECT_MIN_CHANNELS_CPU} channels (sgconvnext.sgconv.DIRECT_MIN_CHANNELS_CPU)', stacklevel=3)
 
 
 def _shape_text(x: torch.Tensor) -> str:
@@ -374,7 +334,8 @@ class SGConv2d(nn.Module):
         channels_last = is_channels_last(x)
         # autocast's dtype only for a tuned table's key; the direct guard only asks whether it is float64
         dtype = self._compute_dtype(x) if len(self.tuned) > 0 else dtype_name(x.dtype)
-        backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last, dtype, int(x.shape[0]))
+        batch = x.shape[0] if len(self.tuned) > 0 else 1  # no int(): torch.export keeps a dynamic batch symbolic
+        backend = self.resolve_backend(height, width, x.device, needs_grad, channels_last, dtype, batch)
         if not torch.jit.is_scripting() and exporting_onnx():
             backend = 'matmul'  # the backend both torch.onnx exporters translate (docs/deployment.md, "ONNX")
         if backend == 'direct':

@@ -268,3 +268,22 @@ def test_plot_kernels_refuses_an_unknown_image_extension_and_writes_nothing(tmp_
     with pytest.raises(SystemExit, match=r"image extension such as \.png, got '.*k\.txt'"):
         plot_kernels.main(['--model', 'sgconvnext_atto', '--img-size', '64', '--out', str(tmp_path / 'k.txt')])
     assert os.listdir(tmp_path) == []
+
+
+def test_bench_revisions_swaps_in_the_layer_of_another_revision_with_the_same_weights(tmp_path, capsys):
+    import bench_revisions
+    layer_class = bench_revisions.load_revision_layer('HEAD')
+    assert layer_class.__module__ == 'sgconvnext_at_revision.sgconv' and layer_class is not SGConv2d
+    torch.manual_seed(0)
+    model = timm.create_model('sgconvnext_atto', img_size=32).eval()
+    swapped = bench_revisions.with_revision_layers(model, layer_class)
+    kinds = {type(m).__module__ for m in swapped.modules() if type(m).__name__ == 'SGConv2d'}
+    assert kinds == {'sgconvnext_at_revision.sgconv'}
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(swapped(x), model(x), rtol=0, atol=0)  # HEAD's code is this code: the same
+    report = tmp_path / 'B.md'
+    bench_revisions.main(['--rev', 'HEAD', '--model', 'sgconvnext_atto', '--img-size', '32', '--batch-size', '2',
+                          '--warmup', '0', '--steps', '1', '--write', str(report)])
+    rows = [line for line in report.read_text().splitlines() if line.startswith('| convnext') or 'sgconvnext_atto (' in line]
+    assert len(rows) == 3 and rows[0].startswith('| convnext_atto | ') and '(1.000)' in rows[0]
