@@ -83,7 +83,7 @@ def fpn_backbone(name: str, out_channels: int = 256, out_indices: Sequence[int] 
         raise ValueError(f'{name} has no feature levels {out_indices} ({" ".join(str(e).split())[:160] or "out of range"})'
                          ) from None
     except RuntimeError as e:
-        if 'features_only' not in str(e) and 'feature' not in str(e):
+        if 'feature' not in str(e):
             raise
         raise ValueError(f'{name} cannot be built with features_only=True: {" ".join(str(e).split())[:200]}') from None
     _freeze(body, name, frozen_stages)

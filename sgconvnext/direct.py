@@ -1,6 +1,5 @@
 """The ``"direct"`` backend of SGConv2d: two 1-D depthwise convolutions through torch's conv library (oneDNN on CPU,
 cuDNN on CUDA), and where on CPU it is not safe to run (``direct_is_safe``)."""
-import warnings
 from typing import Optional
 
 import torch
@@ -16,7 +15,6 @@ __all__ = ['direct_conv2d', 'direct_is_safe', 'DIRECT_MIN_CHANNELS_CPU']
 # below this many channels "direct" runs matmul on CPU (float64 takes torch's own convolution, not oneDNN, and is
 # left alone). The models have 40 channels or more (atto's stage 0) and are not affected.
 DIRECT_MIN_CHANNELS_CPU = 32
-_warned_direct = [False]  # one warning per process for an explicit backend="direct" that the guard reroutes
 
 
 def direct_is_safe(channels: int, device_type: str, dtype: str, min_channels: int = DIRECT_MIN_CHANNELS_CPU) -> bool:
@@ -37,12 +35,3 @@ def direct_conv2d(x: torch.Tensor, kh: torch.Tensor, kw: torch.Tensor,
     kh = kh.to(x.dtype).flip(-1).view(c, 1, 2 * h - 1, 1)
     y = F.conv2d(x, kw, padding=(0, w - 1), groups=c)
     return F.conv2d(y, kh, None if bias is None else bias.to(x.dtype), padding=(h - 1, 0), groups=c)
-
-
-@torch.jit.unused
-def _warn_direct_rerouted(channels: int) -> None:
-    if not _warned_direct[0]:
-        _warned_direct[0] = True
-        warnings.warn(f'SGConv2d({channels}, backend="direct") runs the "matmul" backend on CPU (same function): torch\'s '
-                      f'CPU depthwise convolution stalls or returns wrong gradients on some CPUs with fewer than '
-                      f'{DIRECT_MIN_CHANNELS_CPU} channels (sgconvnext.sgconv.DIRECT_MIN_CHANNELS_CPU)', stacklevel=3)

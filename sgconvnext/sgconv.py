@@ -22,7 +22,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .direct import DIRECT_MIN_CHANNELS_CPU, _warn_direct_rerouted, direct_conv2d, direct_is_safe
+from .direct import DIRECT_MIN_CHANNELS_CPU, direct_conv2d, direct_is_safe
 from .kernel import SGKernel1d, _positive_int
 from .resize import DEFAULT_RESIZE, check_resize
 from .runtime import autocast_on, exporting_onnx, is_compiling
@@ -50,6 +50,8 @@ EXACT_BACKENDS = ('fft', 'matmul', 'direct')  # what auto chooses from
 #   (2.4x faster at 1024); the factor puts the square crossover near 2800.
 FFT_COST_FACTOR = 56.0
 DIRECT_MAX_SIDE_INFERENCE = 64
+
+
 def choose_backend(height: int, width: int, device: torch.device, needs_grad: bool = True,
                    channels_last: bool = False, direct_max_side: int = DIRECT_MAX_SIDE_INFERENCE,
                    fft_cost_factor: float = FFT_COST_FACTOR) -> str:
@@ -160,6 +162,7 @@ _warned = set()  # what has been warned once in this process
 
 @torch.jit.unused
 def _warn_once(what: str, message: str) -> None:
+    """One warning per process for each ``what`` ('direct', 'untuned', 'script')."""
     if what not in _warned:
         _warned.add(what)
         warnings.warn(message, stacklevel=4)
@@ -233,7 +236,9 @@ class SGConv2d(nn.Module):
             raise ValueError(f'backend must be one of {BACKENDS}, got {backend!r}')
         self.backend = backend
         if backend == 'direct' and self.dim < DIRECT_MIN_CHANNELS_CPU:
-            _warn_direct_rerouted(self.dim)
+            _warn_once('direct', f'SGConv2d({self.dim}, backend="direct") runs the "matmul" backend on CPU (same '
+                       f'function): torch\'s CPU depthwise convolution stalls or returns wrong gradients on some CPUs '
+                       f'with fewer than {DIRECT_MIN_CHANNELS_CPU} channels (sgconvnext.sgconv.DIRECT_MIN_CHANNELS_CPU)')
         self.kernel_h = SGKernel1d(dim, l_max[0], kernel_dim, decay, resize, **dd)
         self.kernel_w = SGKernel1d(dim, l_max[1], kernel_dim, decay, resize, **dd)
         self.bias = nn.Parameter(torch.zeros(dim, **dd)) if bias else None

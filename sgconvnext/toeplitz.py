@@ -7,8 +7,8 @@ moving data between (B, C, H, W) layouts and (C, H, B, W); this module does thos
 * whole batch (default): x goes to (C, H, B, W) through contiguous NCHW, both products run over the whole
   batch, the result goes back to x's memory format. Its autograd Function saves the channel-major copy of x
   (made anyway, as large as x: what a depthwise conv saves) and the two axis kernels; the backward rebuilds the
-  Toeplitz matrices and recomputes the first product. (Recomputing the copy too, as until 2026-12-02, cost a
-  tiny training step at 224 px 2-4 % of its time for no memory.)
+  Toeplitz matrices and recomputes the first product. (Until 2026-12-02 it saved x and redid the copy: the same
+  memory for two more copies per layer; the whole training step's time did not differ beyond run-to-run noise.)
 * image by image (CPU, channels_last input, batch > 1, large maps): each image is moved, multiplied and
   written back while it is still in cache, and the backward recomputes the first product instead of saving it.
 

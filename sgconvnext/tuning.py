@@ -84,7 +84,7 @@ def _record_calls(model, example_input: torch.Tensor, train: bool) -> Dict[str, 
             dtype = module._compute_dtype(x)
             channels_last = is_channels_last(x)
             calls[name] = dict(key=call_key(x.shape[2], x.shape[3], channels_last, dtype, train, x.device.type,
-                                            x.shape[0]),
+                                            x.shape[0]), compute_dtype=dtype,
                                shape=tuple(x.shape), channels_last=channels_last, dtype=x.dtype,
                                autocast=getattr(torch, dtype) if autocast_on(x.device.type) else None)
         return hook
@@ -131,15 +131,15 @@ def _time_call(layer: SGConv2d, call: dict, backend: str, train: bool, warmup: i
     first = _seconds_if_within(step, time_limit)
     if first is None:
         return None
-    times = []
-    for i in range(warmup + runs - 1):  # the first call above was the first warm-up (or the only run)
+    times = [first] if warmup == 0 else []  # the first call was the first warm-up, or the first run
+    for i in range(warmup + runs - 1):
         if device.type == 'cuda':
             torch.cuda.synchronize(device)
         start = time.perf_counter()
         step()
         if i + 1 >= warmup:
             times.append(time.perf_counter() - start)
-    return statistics.median(times) if times else first
+    return statistics.median(times)
 
 
 def _seconds_if_within(step, limit: float) -> Optional[float]:
@@ -222,8 +222,7 @@ def _measure(model, layers, example_input, modes, warmup, runs, time_limit) -> d
 def _time_backends(layer: SGConv2d, call: dict, train: bool, warmup: int, runs: int, time_limit: float) -> dict:
     """One timing entry: ms per backend that ran, the fastest (``choice``), and why any other was not timed."""
     not_timed = {}
-    dtype = call['key'].split('/')[2]
-    if not direct_is_safe(layer.dim, layer.kernel_h.weight.device.type, dtype):
+    if not direct_is_safe(layer.dim, layer.kernel_h.weight.device.type, call['compute_dtype']):
         not_timed['direct'] = f'not run on CPU below {DIRECT_MIN_CHANNELS_CPU} channels (sgconv.direct_is_safe)'
     ms = {}
     for backend in EXACT_BACKENDS:

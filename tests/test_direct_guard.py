@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import processes
-import sgconvnext.direct
 from reference import reference_sgconv
 from sgconvnext import SGConv2d, format_backend_table, sgconv, tune_backends
 from sgconvnext.sgconv import DIRECT_MIN_CHANNELS_CPU, call_key, direct_is_safe
@@ -49,7 +48,7 @@ def test_a_routed_layer_never_calls_the_convolution_and_stays_exact(monkeypatch)
     def refuse(*args):
         raise AssertionError('direct_conv2d was called')
     monkeypatch.setattr(sgconv, 'direct_conv2d', refuse)
-    monkeypatch.setattr(sgconvnext.direct, '_warned_direct', [False])
+    monkeypatch.setattr(sgconv, '_warned', set())
     with pytest.warns(UserWarning, match=r'SGConv2d\(8, backend="direct"\) runs the "matmul" backend on CPU'):
         layer = SGConv2d(8, 16, backend='direct')
     with warnings.catch_warnings():
