@@ -39,9 +39,17 @@ from torch import nn
 from .resize import DEFAULT_RESIZE, check_resize, stretch_matrix
 from .runtime import is_compiling
 
-__all__ = ['SGKernel1d', 'num_scales', 'pack_geometry', 'unpack_geometry']
+__all__ = ['SGKernel1d', 'LOAD_MODES', 'check_load_mode', 'num_scales', 'pack_geometry', 'unpack_geometry']
 
 _logger = logging.getLogger(__name__)
+
+LOAD_MODES = ('saved', 'extend')  # a checkpoint of another geometry: take its geometry, or extend it into ours
+
+
+def check_load_mode(value) -> str:
+    if value not in LOAD_MODES:
+        raise ValueError(f'sg_load must be one of {LOAD_MODES}, got {value!r}')
+    return value
 
 
 @torch.jit.unused
@@ -123,7 +131,7 @@ class SGKernel1d(nn.Module):
     Forward:
         ``kernel(length)`` -> (C, 2 * length - 1) centred kernel, offset 0 at index ``length - 1``.
     """
-    __jit_ignored_attributes__ = ['_stretched', 'geometry_change']  # eager-only bookkeeping, not part of the function
+    __jit_ignored_attributes__ = ['_stretched', 'geometry_change', 'load_mode']  # eager-only bookkeeping, not part of the function
 
     def __init__(
             self,
@@ -145,7 +153,8 @@ class SGKernel1d(nn.Module):
         if not 0.0 < decay <= 1.0:
             raise ValueError(f'decay must be in (0, 1], got {decay}')
         self.resize = check_resize(resize)
-        self.geometry_change: Optional[Tuple[Tuple[int, int, float], Tuple[int, int, float]]] = None  # last load's
+        self.load_mode = 'saved'  # what loading a checkpoint of another geometry does (module docstring)
+        self.geometry_change: Optional[Tuple[str, tuple, tuple]] = None  # last load's ('took'|'extended', saved, built)
         self._stretched: Dict[int, torch.Tensor] = {}  # length -> basis @ stretch_matrix(l_max, length)
         self._set_geometry(l_max, kernel_dim, float(decay))
         self.weight = nn.Parameter(torch.empty(channels, 2, self.n_scales, kernel_dim, **dd))
@@ -247,18 +256,35 @@ class SGKernel1d(nn.Module):
         if key in state_dict:
             saved = unpack_geometry(state_dict[key], key)
             current = (self.l_max, self.kernel_dim, self.decay)
-            if saved != current:
+            if saved != current and self._extends(saved, state_dict.get(prefix + 'weight')):
+                state_dict = self._extended(state_dict, prefix, saved)
+                self.geometry_change = ('extended', saved, current)
+            elif saved != current:
                 if prefix + 'weight' not in state_dict:
                     raise ValueError(f'{key}: the state dict gives geometry {saved} but no {prefix}weight for it '
                                      f'(this kernel has {current}); load both or neither')
                 self._rebuild(*saved)
-                self.geometry_change = (current, saved)
+                self.geometry_change = ('took', saved, current)
                 _logger.debug(f'{prefix[:-1]}: took the checkpoint\'s geometry (l_max, kernel_dim, decay) = {saved} '
                               f'instead of {current}')
         elif prefix + 'weight' in state_dict:
             raise missing_geometry_error(key)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+
+    def _extends(self, saved: Tuple[int, int, float], weight) -> bool:
+        """Whether a load of ``saved`` geometry extends into this one (``load_mode``, module docstring)."""
+        return (self.load_mode == 'extend' and self.resize == 'fixed' and saved[1:] == (self.kernel_dim, self.decay) and saved[0] < self.l_max
+                and isinstance(weight, torch.Tensor) and weight.shape[:2] == (self.channels, 2)
+                and tuple(weight.shape[2:]) == (num_scales(saved[0], self.kernel_dim), self.kernel_dim))
+
+    def _extended(self, state_dict, prefix: str, saved: Tuple[int, int, float]) -> dict:
+        """This kernel's entries of ``state_dict`` with the weight padded by zero far scales, our geometry (a copy)."""
+        local = {k: v for k, v in state_dict.items() if k.startswith(prefix)}
+        weight = local[prefix + 'weight']
+        local[prefix + 'weight'] = F.pad(weight, (0, 0, 0, self.n_scales - weight.shape[2]))
+        local[prefix + 'geometry'] = pack_geometry(self.l_max, self.kernel_dim, self.decay)
+        return local
 
     @torch.no_grad()
     def _rebuild(self, l_max: int, kernel_dim: int, decay: float) -> None:

@@ -33,7 +33,7 @@ from timm.models.convnext import ConvNeXt
 
 from .convert import (DEFAULT_CONVERT, check_convert, convert_timm_layout, convnext_layout_of, fit_problems,
                       is_convnext_state_dict, keep_model_head, size_hint, to_timm_layout)
-from .kernel import SGKernel1d, missing_geometry_error, pack_geometry
+from .kernel import SGKernel1d, check_load_mode, missing_geometry_error, pack_geometry
 from .resize import DEFAULT_RESIZE
 from .sgconv import SGConv2d
 
@@ -56,6 +56,9 @@ class SGConvNeXt(ConvNeXt):
         sg_resize: ``"stretch"`` or ``"fixed"``, how kernels meet maps of another size (``resize.py``).
         sg_convert: ``"rank1"`` or ``"none"``, what loading a ConvNeXt checkpoint does with its 7x7 kernels
             (``convert.py``): convert each into this model's SGConv2d, or drop it and keep the init.
+        sg_load: ``"saved"`` or ``"extend"``, what loading an SGConvNeXt checkpoint built for smaller maps does
+            (``kernel.py``): take its geometry, or (with ``sg_resize="fixed"``; the dense default, ``dense.py``) keep
+            this model's and extend the saved kernels with zero far-field scales.
     """
 
     def __init__(
@@ -66,9 +69,13 @@ class SGConvNeXt(ConvNeXt):
             sg_backend: str = 'auto',
             sg_resize: str = DEFAULT_RESIZE,
             sg_convert: str = DEFAULT_CONVERT,
+            sg_load: str = 'saved',
             **kwargs,
     ):
         self.sg_convert = check_convert(sg_convert)
+        if check_load_mode(sg_load) == 'extend' and sg_resize != 'fixed':
+            raise ValueError(f'sg_load="extend" keeps pixel offsets, so it needs sg_resize="fixed", got '
+                             f'sg_resize={sg_resize!r}')
         super().__init__(**kwargs)
         img_size = to_2tuple(img_size)
         if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in img_size):
@@ -90,6 +97,7 @@ class SGConvNeXt(ConvNeXt):
                     device=conv.weight.device,
                     dtype=conv.weight.dtype,
                 )
+                block.conv_dw.kernel_h.load_mode = block.conv_dw.kernel_w.load_mode = sg_load
         self.register_load_state_dict_post_hook(_log_geometry_changes)
 
     def load_state_dict(self, state_dict, strict: bool = True, *args, **kwargs):
@@ -124,18 +132,25 @@ def _refuse_convnext_state_dict(model, state_dict) -> None:
 
 
 def _log_geometry_changes(model: nn.Module, incompatible_keys) -> None:
-    """After a load: one log line for the kernels that took their checkpoint's geometry (kernel.py)."""
+    """After a load: one log line for the kernels that took their checkpoint's geometry or extended it (kernel.py)."""
     changes, policies = Counter(), set()
     for module in model.modules():
         if isinstance(module, SGKernel1d) and module.geometry_change is not None:
             changes[module.geometry_change] += 1
             policies.add(module.resize)
             module.geometry_change = None
-    if changes:
-        pairs = ', '.join(f'{n} x {before} -> {after}' for (before, after), n in sorted(changes.items(), reverse=True))
-        _logger.info(f'Loaded SGConv kernels built for other map sizes: {sum(changes.values())} axis kernels took '
+    took = {(saved, built): n for (how, saved, built), n in changes.items() if how == 'took'}
+    extended = {(saved, built): n for (how, saved, built), n in changes.items() if how == 'extended'}
+    if took:
+        pairs = ', '.join(f'{n} x {built} -> {saved}' for (saved, built), n in sorted(took.items(), reverse=True))
+        _logger.info(f'Loaded SGConv kernels built for other map sizes: {sum(took.values())} axis kernels took '
                      f'the checkpoint\'s geometry (l_max, kernel_dim, decay) [{pairs}], so they compute what they '
                      f'did when saved; at other map sizes they follow the {"/".join(sorted(policies))} policy.')
+    if extended:
+        pairs = ', '.join(f'{n} x {saved} -> {built}' for (saved, built), n in sorted(extended.items(), reverse=True))
+        _logger.info(f'Loaded SGConv kernels built for smaller maps: {sum(extended.values())} axis kernels kept this '
+                     f'model\'s geometry (l_max, kernel_dim, decay) [{pairs}] and took the checkpoint\'s sub-kernels '
+                     f'(sg_load="extend"): the same taps up to the saved l_max, zero far-field scales.')
 
 
 def add_kernel_geometry(state_dict: Dict[str, torch.Tensor], img_size: Union[int, Tuple[int, int]] = 224,

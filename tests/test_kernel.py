@@ -172,7 +172,7 @@ def test_loading_another_geometry_takes_it_and_keeps_the_function(saved, built, 
     param = target.weight
     target.load_state_dict(source.state_dict())
     assert (target.l_max, target.kernel_dim, target.decay) == saved and target.weight is param  # same Parameter
-    assert target.geometry_change == (built, saved)
+    assert target.geometry_change == ('took', saved, built)
     for length in (1, 6, saved[0], built[0], 50):
         torch.testing.assert_close(target(length), source(length), rtol=0, atol=0)
 
@@ -191,3 +191,37 @@ def test_a_bad_geometry_entry_is_refused(geometry):
     state['geometry'] = geometry
     with pytest.raises(ValueError, match='geometry'):
         SGKernel1d(3, 10).load_state_dict(state)
+
+
+@pytest.mark.parametrize('saved_l_max', [14, 56])
+def test_extend_keeps_the_built_geometry_and_the_saved_taps(saved_l_max):
+    torch.manual_seed(0)
+    source = SGKernel1d(5, saved_l_max, resize='fixed').double()
+    target = SGKernel1d(5, 336, resize='fixed').double()
+    target.load_mode = 'extend'
+    state = source.state_dict()
+    saved_weight = state['weight'].clone()
+    target.load_state_dict(state)
+    assert target.l_max == 336 and target.geometry_change == ('extended', (saved_l_max, 8, 0.5), (336, 8, 0.5))
+    assert torch.equal(state['weight'], saved_weight) and state['geometry'].tolist()[0] == saved_l_max  # not mutated
+    torch.testing.assert_close(target(saved_l_max), source(saved_l_max), rtol=1e-12, atol=1e-12)
+    # past the saved l_max: the saved sub-kernels run to their natural end (all their taps), then zeros
+    end = sum(b - a for a, b in SGKernel1d(1, 10 ** 4).scale_bounds()[:source.n_scales])
+    natural = SGKernel1d(5, end, resize='fixed').double()
+    natural.weight.data.copy_(source.weight)
+    natural.norm.copy_(source.norm)
+    full = target(336)
+    torch.testing.assert_close(full[:, 336 - end:336 + end - 1], natural(end), rtol=1e-12, atol=1e-12)
+    assert full[:, :336 - end].abs().max() == 0 and full[:, 336 + end - 1:].abs().max() == 0
+
+
+@pytest.mark.parametrize('saved,built,resize', [((60, 8, 0.5), (56, 8, 0.5), 'fixed'), ((14, 4, 0.5), (56, 8, 0.5), 'fixed'),
+                                                ((14, 8, 0.3), (56, 8, 0.5), 'fixed'), ((14, 8, 0.5), (56, 8, 0.5), 'stretch')])
+def test_extend_takes_the_saved_geometry_where_it_cannot_extend(saved, built, resize):
+    # a smaller l_max, another kernel_dim or decay, or the stretch policy (which resamples to every length)
+    source = SGKernel1d(3, saved[0], saved[1], decay=saved[2], resize=resize).double()
+    target = SGKernel1d(3, built[0], built[1], decay=built[2], resize=resize).double()
+    target.load_mode = 'extend'
+    target.load_state_dict(source.state_dict())
+    assert (target.l_max, target.kernel_dim, target.decay) == saved and target.geometry_change[0] == 'took'
+    torch.testing.assert_close(target(40), source(40), rtol=0, atol=0)

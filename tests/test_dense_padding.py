@@ -1,0 +1,99 @@
+"""The dense size policy (sgconvnext/dense.py): an image's backbone features do not depend on how far its batch is
+padded, the kernels reach across the whole canvas, and a checkpoint built for small images loads exactly."""
+import pytest
+import torch
+
+import sgconvnext  # noqa: F401
+import timm
+from sgconvnext.dense import fpn_backbone
+from sgconvnext.sgconv import SGConv2d
+
+OWN, CANVAS = (96, 128), (160, 224)  # an image alone (its canvas is its size rounded to 32), and padded by batchmates
+
+
+def trained_like(backbone):
+    """Random biases and layer scales: a fresh model's zero biases and 1e-6 layer scales write almost nothing
+    into the padding, which would hide what padding does to a trained one."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in backbone.named_parameters():
+            if name.endswith('bias'):
+                p.normal_(0, 0.2)
+            elif name.endswith('gamma'):
+                p.normal_(0.5, 0.1)
+    return backbone.eval()
+
+
+def region_gap(backbone):
+    """Largest difference of the body's features over the image's own canvas, alone vs padded, relative to their scale."""
+    torch.manual_seed(0)
+    image = torch.randn(1, 3, *OWN)
+    padded = torch.zeros(1, 3, *CANVAS)
+    padded[..., :OWN[0], :OWN[1]] = image
+    with torch.no_grad():
+        alone, inside = _body(backbone, image), _body(backbone, padded)
+    gaps = []
+    for a, b in zip(alone, inside):
+        b = b[..., :a.shape[-2], :a.shape[-1]]
+        gaps.append(((a - b).abs().max() / a.abs().max()).item())
+    return max(gaps)
+
+
+def _body(backbone, x):
+    """The body's features as the backbone's forward computes them (with the padding mask, if on, armed)."""
+    features = []
+    handle = backbone.body.register_forward_hook(lambda m, i, out: features.extend(out))
+    try:
+        backbone(x)
+    finally:
+        handle.remove()
+    return features
+
+
+@pytest.mark.parametrize('name', ['sgconvnext_atto', 'convnext_atto'])
+def test_features_do_not_depend_on_the_batch_padding_under_the_dense_default(name):
+    assert region_gap(trained_like(fpn_backbone(name, out_channels=16))) < 1e-5
+
+
+@pytest.mark.parametrize('name,kwargs', [('sgconvnext_atto', dict(pad_mask=False)),
+                                         ('sgconvnext_atto', dict(img_size=224, sg_resize='stretch', sg_load='saved')),
+                                         ('convnext_atto', dict(pad_mask=False))])
+def test_without_the_policy_the_padding_leaks_into_the_image(name, kwargs):
+    # the control: without the mask the blocks' output in the padding reaches the image (through 7x7 kernels too);
+    # under stretch the kernels are resampled to the canvas, so its size alone changes every tap
+    assert region_gap(trained_like(fpn_backbone(name, out_channels=16, **kwargs))) > 1e-3
+
+
+def test_the_dense_default_reaches_across_the_whole_canvas():
+    backbone = fpn_backbone('sgconvnext_atto', out_channels=16, canvas=(320, 640))
+    mixers = [m for m in backbone.modules() if isinstance(m, SGConv2d)]
+    assert mixers and all(m.resize == 'fixed' for m in mixers)
+    for m in mixers:
+        stride = 320 // m.l_max[0]
+        kh, kw = m.axis_kernels(320 // stride, 640 // stride)  # the largest map the canvas gives this stage
+        assert kh[:, 0].abs().amax() > 0 and kh[:, -1].abs().amax() > 0  # taps at offsets +-(H_map - 1)
+        assert kw[:, 0].abs().amax() > 0 and kw[:, -1].abs().amax() > 0
+
+
+@pytest.mark.slow
+def test_a_checkpoint_built_for_small_images_extends_exactly(tmp_path):
+    small = trained_like(timm.create_model('sgconvnext_atto', img_size=64))  # a classifier trained at 64 px
+    torch.save(small.state_dict(), tmp_path / 'small.pth')
+    backbone = fpn_backbone('sgconvnext_atto', out_channels=16, canvas=256, checkpoint_path=str(tmp_path / 'small.pth'))
+    kernels = [m for m in backbone.modules() if isinstance(m, SGConv2d)]
+    assert kernels[0].l_max == (64, 64)  # built for the 256 canvas, not the checkpoint's 16
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(small.forward_intermediates(image, intermediates_only=True), backbone.eval().body(image)):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_dense_arguments_are_one_line_errors():
+    with pytest.raises(ValueError, match='canvas must be a positive int'):
+        fpn_backbone('sgconvnext_atto', canvas=0)
+    with pytest.raises(ValueError, match="'nope' is not a timm model name"):
+        fpn_backbone('nope')
+    with pytest.raises(TypeError, match='pad_mask must be True or False'):
+        fpn_backbone('sgconvnext_atto', pad_mask='yes')
+    with pytest.raises(ValueError, match='sg_load="extend" keeps pixel offsets'):
+        fpn_backbone('sgconvnext_atto', sg_resize='stretch', sg_load='extend')
