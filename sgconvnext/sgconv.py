@@ -86,19 +86,26 @@ def call_key(height: int, width: int, channels_last: bool, dtype: str, needs_gra
             + dtype + '/' + ('train' if needs_grad else 'infer') + '/' + device_type + '/batch' + str(batch))
 
 
-def _key_batch(key: str, height: int, width: int, channels_last: bool, dtype: str, needs_grad: bool,
-               device_type: str) -> int:
-    """The batch size of ``key`` (``call_key``'s form) if it names this call at some batch size, else -1. Parsed, not
-    built: under torch.compile the sizes may be traced as symbols that cannot become text."""
+# A call whose map size was never tuned takes the choice of the nearest tuned map (same layout, dtype, mode, device)
+# whose sides are both within this factor: detection canvases change every batch, and their maps stay this close.
+TUNED_SHAPE_REACH = 2.0
+
+
+def _key_size(key: str, channels_last: bool, dtype: str, needs_grad: bool, device_type: str) -> Tuple[int, int, int]:
+    """(height, width, batch) of ``key`` (``call_key``'s form) if it names this kind of call, else (-1, -1, -1).
+    Parsed, not built: under torch.compile the sizes may be traced as symbols that cannot become text."""
     parts = key.split('/')
     if len(parts) != 6 or parts[1] != ('channels_last' if channels_last else 'contiguous') or parts[2] != dtype:
-        return -1
+        return -1, -1, -1
     if parts[3] != ('train' if needs_grad else 'infer') or parts[4] != device_type or not parts[5].startswith('batch'):
-        return -1
+        return -1, -1, -1
     size = parts[0].split('x')
-    if int(size[0]) != height or int(size[1]) != width:
-        return -1
-    return int(parts[5][len('batch'):])
+    return int(size[0]), int(size[1]), int(parts[5][len('batch'):])
+
+
+def _shape_gap(height: int, width: int, tuned_height: int, tuned_width: int) -> float:
+    """How far a tuned map is from this one: the larger side ratio (1.0: the same size)."""
+    return max(max(height, tuned_height) / min(height, tuned_height), max(width, tuned_width) / min(width, tuned_width))
 
 
 def fast_fft_length(n: int) -> int:
@@ -277,8 +284,9 @@ class SGConv2d(nn.Module):
                         channels_last: bool = False, dtype: str = 'float32', batch: int = 1) -> str:
         """The backend a forward pass on a batch of (height, width) maps runs (``dtype``: the compute dtype's name).
         "direct" becomes "matmul" where ``direct_is_safe`` says no, whether auto, a tuned table or the layer chose
-        it. A tuned table's choice for this call at the nearest tuned batch size is taken; a call the table has at no
-        batch size runs auto's rules (with one warning per process: ``_warn_untuned_call``)."""
+        it. A tuned table's choice for this call is taken, of the nearest tuned map size within a factor
+        ``TUNED_SHAPE_REACH`` on each side and then the nearest tuned batch size; a call with no tuned map that near
+        runs auto's rules (with one warning per process: ``_warn_untuned_call``)."""
         backend = self.backend
         if backend == 'auto':
             backend = ''
@@ -294,20 +302,23 @@ class SGConv2d(nn.Module):
         return backend
 
     def _tuned_choice(self, height: int, width: int, channels_last: bool, dtype: str, needs_grad: bool,
-                      device_type: str, batch: int) -> str:
-        """The tuned backend for this call (at the nearest tuned batch size), '' when the table has none."""
+                      device_type: str, batch: int, reach: float = TUNED_SHAPE_REACH) -> str:
+        """The tuned backend for this call: of the nearest tuned map size (``TUNED_SHAPE_REACH``), then the nearest
+        tuned batch size; '' when the table has none near."""
         if torch.jit.is_scripting() or not is_compiling():  # under compile sizes may be symbols, which have no text
             exact = self.tuned.get(call_key(height, width, channels_last, dtype, needs_grad, device_type, batch), '')
             if exact != '':
                 return exact
-        best, best_gap = '', -1
+        best, best_shape_gap, best_batch_gap = '', math.inf, 0
         for key, backend in self.tuned.items():
-            tuned_batch = _key_batch(key, height, width, channels_last, dtype, needs_grad, device_type)
-            if tuned_batch >= 0:
-                gap = abs(tuned_batch - batch)
-                if best_gap < 0 or gap < best_gap:
-                    best, best_gap = backend, gap
-        return best
+            tuned_height, tuned_width, tuned_batch = _key_size(key, channels_last, dtype, needs_grad, device_type)
+            if tuned_batch < 0:
+                continue
+            shape_gap = _shape_gap(height, width, tuned_height, tuned_width)
+            batch_gap = abs(tuned_batch - batch)
+            if shape_gap < best_shape_gap or (shape_gap == best_shape_gap and batch_gap < best_batch_gap):
+                best, best_shape_gap, best_batch_gap = backend, shape_gap, batch_gap
+        return best if best_shape_gap <= reach else ''
 
     @torch.jit.unused
     def __prepare_scriptable__(self):

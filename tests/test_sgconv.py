@@ -12,6 +12,9 @@ BACKENDS = ('fft', 'matmul', 'direct', 'auto')
 RESIZE = ('fixed', 'stretch')
 # (H, W, l_max): 1x1, odd, square at l_max, non-square, larger than l_max, an (H, W) l_max pair.
 SHAPES = [(1, 1, 8), (5, 7, 6), (16, 16, 16), (9, 20, 12), (30, 12, 8), (13, 11, (7, 20)), (2, 33, 33)]
+# The stride-32 maps of detection and segmentation inputs, 800x1216 and 512x2048, in a model built for a larger
+# canvas (dense.py): every backend, exact against float64.
+DENSE_SHAPES = [(25, 38, 42), (16, 64, 64)]
 
 
 def make_layer(l_max, dtype=torch.float64, channels=3, backend='auto', seed=0, resize='stretch'):
@@ -34,7 +37,7 @@ def rel_err(a, b):
 
 @pytest.mark.parametrize('resize', RESIZE)
 @pytest.mark.parametrize('backend', BACKENDS)
-@pytest.mark.parametrize('h,w,l_max', SHAPES)
+@pytest.mark.parametrize('h,w,l_max', SHAPES + DENSE_SHAPES)
 def test_float64_values_and_gradients_match_direct_conv(backend, h, w, l_max, resize):
     layer = make_layer(l_max, backend=backend, resize=resize)
     x = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
@@ -63,7 +66,7 @@ def test_float32_matches_float64_reference(backend, h, w, l_max, resize):
 
 
 @pytest.mark.parametrize('channels_last', (False, True))
-@pytest.mark.parametrize('h,w,l_max', SHAPES)
+@pytest.mark.parametrize('h,w,l_max', SHAPES + DENSE_SHAPES)
 def test_direct_itself_matches_the_float64_reference_where_it_runs(h, w, l_max, channels_last):
     # The tests above run 3 channels, where "direct" runs matmul in float32 on CPU (sgconv.direct_is_safe): here it
     # runs the depthwise convolutions, at the smallest channel count it is let run.

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 import sgconvnext
 from sgconvnext import SGConv2d
-from sgconvnext.sgconv import EXACT_BACKENDS
+from sgconvnext.sgconv import EXACT_BACKENDS, choose_backend
 from sgconvnext.tuning import apply_backend_table, tune_backends
 
 
@@ -51,7 +51,7 @@ def test_tuned_choices_are_run_and_unknown_calls_keep_auto(tuned):
         for backend in EXACT_BACKENDS:
             layer.tuned[infer_key] = backend
             assert layer.resolve_backend(16, 16, x.device, False, True, 'float32', 2) == backend
-        assert layer.resolve_backend(20, 20, x.device, False, True, 'float32') == 'direct'  # auto's rule, untimed
+        assert layer.resolve_backend(40, 40, x.device, False, True, 'float32') == 'direct'  # auto's rule: 2.5x away
     finally:
         layer.tuned = original
 
@@ -262,3 +262,20 @@ def test_sg_tune_in_a_training_run_leaves_the_random_numbers_as_they_were():
     setup_backends(args, model, (3, 32, 32), torch.device('cpu'), contextlib.nullcontext, modes=('infer',))
     assert torch.equal(before, torch.random.get_rng_state())  # the example batch is drawn on a forked generator
     assert any(layer.tuned for layer in layers(model).values())
+
+
+def test_a_map_size_never_tuned_takes_the_choice_of_the_nearest_tuned_map(monkeypatch):
+    # detection canvases change every batch: no retuning, the nearest tuned map within TUNED_SHAPE_REACH decides
+    monkeypatch.setattr(sgconvnext.sgconv, '_warned', set())
+    layer = SGConv2d(40, 16)
+    key = '{}/contiguous/float32/train/cpu/batch{}'
+    layer.tuned = {key.format('200x336', 2): 'fft', key.format('50x84', 2): 'direct', key.format('50x84', 8): 'fft',
+                   key.format('200x336', 2).replace('train', 'infer'): 'matmul'}
+    cpu = torch.device('cpu')
+    pick = [layer.resolve_backend(h, w, cpu, True, False, 'float32', 2) for h, w in
+            ((200, 304), (336, 200), (100, 168), (100, 167), (50, 76), (40, 100))]
+    assert pick == ['fft', 'fft', 'fft', 'direct', 'direct', 'direct']  # (100, 168) is 2x from both: the first wins
+    assert layer.resolve_backend(50, 76, cpu, True, False, 'float32', 7) == 'fft'  # nearest map, then nearest batch
+    assert layer.resolve_backend(200, 304, cpu, False, False, 'float32', 2) == 'matmul'  # inference keys for inference
+    with pytest.warns(UserWarning, match='none for the call 12x12/contiguous'):
+        assert layer.resolve_backend(12, 12, cpu, True, False, 'float32', 2) == choose_backend(12, 12, cpu)
