@@ -128,7 +128,7 @@ def test_the_study_plans_every_model_and_seed_with_the_same_flags(tmp_path, caps
     assert len(lines) == 4 and all('detection_run.py' in line for line in lines)
     assert [line.split('--model ')[1].split()[0] for line in lines] == ['sgconvnext_atto', 'convnext_atto'] * 2
     flags = {line.split(' --seed ')[1].split(' ', 1)[1].split(' --out ')[0] for line in lines}
-    assert flags == {'--steps 40 --eval-every 70 --lr 0.0004 --val-count 200'}  # all but --model, --seed, --out
+    assert flags == {'--steps 40 --eval-every 50 --lr 0.0004 --val-count 200'}  # all but --model, --seed, --out
     assert not os.path.exists(tmp_path / 'out' / 'commands.txt')
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One detection training run: torchvision's Faster R-CNN on ``fpn_backbone(--model)``, scored with COCO mAP.
 
-    python studies/detection/detection_run.py --model sgconvnext_atto --seed 0 --steps 280 --eval-every 70 \\
+    python studies/detection/detection_run.py --model sgconvnext_atto --seed 0 --steps 200 --eval-every 50 \\
         --out output/detection/sgconvnext_atto-seed0
 
 Data: ``fashion_boxes.py``'s scenes (Fashion-MNIST items at 1x-4x on textured --min-side..--max-side canvases),
@@ -134,12 +134,12 @@ def parse_args(argv=None):
     p.add_argument('--model', required=True, help='sgconvnext_* or convnext_* name')
     p.add_argument('--out', required=True, help='folder for train.csv, eval.csv, summary.json')
     p.add_argument('--seed', type=int, default=0, help='weights and training scenes (the validation set is fixed)')
-    p.add_argument('--steps', type=int, default=280)
+    p.add_argument('--steps', type=int, default=200)
     p.add_argument('--batch-size', type=int, default=4)
     p.add_argument('--lr', type=float, default=4e-4)
     p.add_argument('--weight-decay', type=float, default=0.05)
     p.add_argument('--warmup', type=int, default=50, help='warm-up steps (default: 50)')
-    p.add_argument('--eval-every', type=int, default=70, help='steps between evaluations (and at the end)')
+    p.add_argument('--eval-every', type=int, default=50, help='steps between evaluations (and at the end)')
     p.add_argument('--log-every', type=int, default=10)
     p.add_argument('--val-count', type=int, default=200, help='validation scenes (default: 200)')
     p.add_argument('--min-side', type=int, default=256)

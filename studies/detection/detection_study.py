@@ -2,7 +2,7 @@
 """Detection: Faster R-CNN on sgconvnext_atto and convnext_atto, the same recipe and budget, a few seeds.
 
     apt-get install dataset-fashion-mnist
-    python studies/detection/detection_study.py --out output/detection --seeds 0 1 --steps 280 --eval-every 70 \\
+    python studies/detection/detection_study.py --out output/detection --seeds 0 1 --steps 200 --eval-every 50 \\
         --plot docs/detection_curves.png --write docs/RESULTS.md
 
 Steps (studies/study_runner.py: one command each, skipped when done, --jobs at a time, one thread each): one
@@ -36,8 +36,8 @@ def parse_args(argv=None):
     p.add_argument('--out', default='output/detection', help='folder for the runs, results.*, commands.txt, logs/')
     p.add_argument('--models', nargs='+', default=['sgconvnext_atto', 'convnext_atto'])
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1])
-    p.add_argument('--steps', type=int, default=280)
-    p.add_argument('--eval-every', type=int, default=70)
+    p.add_argument('--steps', type=int, default=200)
+    p.add_argument('--eval-every', type=int, default=50)
     p.add_argument('--lr', type=float, default=4e-4)
     p.add_argument('--val-count', type=int, default=200)
     p.add_argument('--run-flags', nargs=argparse.REMAINDER, default=[],
