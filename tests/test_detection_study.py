@@ -42,7 +42,7 @@ def source(tmp_path_factory):
     return str(folder)
 
 
-def test_scenes_are_fixed_by_the_seed_and_their_boxes_hold_the_items(source):
+def test_scenes_are_fixed_by_the_seed_and_their_boxes_hold_the_items(source, tmp_path):
     images, labels = fashion_boxes.load_items('val', source)
     val = fashion_boxes.validation_set(images, labels, count=12)
     again = fashion_boxes.validation_set(images, labels, count=12)
@@ -61,6 +61,8 @@ def test_scenes_are_fixed_by_the_seed_and_their_boxes_hold_the_items(source):
     coco = fashion_boxes.coco_ground_truth(val)
     assert len(coco['images']) == 12 and len(coco['annotations']) == sum(len(s[1]) for s in val)
     assert len(coco['categories']) == 10
+    fashion_boxes.draw_grid(str(tmp_path / 'grid.png'), val[:3], width=200)
+    assert (tmp_path / 'grid.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
 def test_the_items_are_drawn_inside_their_boxes():

@@ -128,8 +128,12 @@ def coco_ground_truth(samples: list) -> dict:
     return coco
 
 
-def draw_grid(path: str, samples: list, columns: int = 3) -> None:
-    """A picture of ``samples`` with their boxes drawn in, each on a tile of the largest side (PNG)."""
+def draw_grid(path: str, samples: list, columns: int = 3, width: int = 0) -> None:
+    """A picture of ``samples`` with their boxes drawn in, each on a tile of the largest side (PNG).
+
+    ``width`` > 0: the sheet is scaled down to that many pixels wide; it is saved with a 128-colour palette (the
+    background noise makes full-colour PNGs large).
+    """
     from PIL import ImageDraw
     tile = max(max(image.shape[:2]) for image, _, _ in samples) + 8
     rows = (len(samples) + columns - 1) // columns
@@ -141,14 +145,17 @@ def draw_grid(path: str, samples: list, columns: int = 3) -> None:
             draw.rectangle((x0, y0, x1 - 1, y1 - 1), outline=(255, 40, 40), width=2)
             draw.text((x0 + 3, y0 + 2), CLASSES[label - 1], fill=(255, 255, 0))
         sheet.paste(scene, ((k % columns) * tile + 4, (k // columns) * tile + 4))
+    if 0 < width < sheet.width:
+        sheet = sheet.resize((width, round(sheet.height * width / sheet.width)), Image.LANCZOS)
     with atomic_open(path, 'wb') as f:
-        sheet.save(f, format='PNG')
+        sheet.quantize(128).save(f, format='PNG')
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--grid', required=True, help='write a PNG of --count validation scenes with their boxes')
     p.add_argument('--count', type=int, default=6)
+    p.add_argument('--width', type=int, default=720, help='scale the picture down to this width (0: full size)')
     p.add_argument('--source', default=SOURCE, help=f'folder of the .gz IDX files (default: {SOURCE})')
     return p.parse_args(argv)
 
@@ -156,7 +163,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     images, labels = load_items('val', args.source)
-    draw_grid(args.grid, validation_set(images, labels, args.count))
+    draw_grid(args.grid, validation_set(images, labels, args.count), width=args.width)
     print(f'{args.count} scenes in {args.grid}', file=sys.stderr)
 
 
