@@ -13,6 +13,8 @@ smp = pytest.importorskip('segmentation_models_pytorch')
 NAMES = ('sgconvnext_tiny', 'convnext_tiny')
 CLASSES = 3
 
+pytestmark = pytest.mark.usefixtures('one_thread')  # two threads on two cores another process uses ran 3-4x slower
+
 
 def kwargs(name):
     return {'img_size': 64} if name.startswith('sg') else {}  # the kernels sized for the training crop
