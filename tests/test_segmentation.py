@@ -62,12 +62,30 @@ def test_smp_passes_model_keywords_on_to_the_encoder():
     assert model.eval()(torch.rand(1, 3, 64, 96)).shape == (1, CLASSES, 64, 96)
 
 
+def test_a_convnext_checkpoint_warm_starts_the_encoder_through_smp(tmp_path):
+    """``encoder_weights=True`` is timm's ``pretrained=True``; the file comes with ``pretrained_cfg_overlay``."""
+    import timm
+    source = timm.create_model('convnext_atto')
+    torch.save(source.state_dict(), tmp_path / 'convnext_atto.pth')
+    build = dict(encoder_name='tu-sgconvnext_atto', classes=CLASSES, img_size=64)
+    torch.manual_seed(0)
+    fresh = smp.Unet(encoder_weights=None, **build).encoder.model
+    torch.manual_seed(0)
+    body = smp.Unet(encoder_weights=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'convnext_atto.pth')),
+                    **build).encoder.model
+    assert torch.equal(body.stem_0.weight, source.stem[0].weight)
+    assert torch.equal(body.stages_2.blocks[3].mlp.fc1.weight, source.stages[2].blocks[3].mlp.fc1.weight)
+    kernel = 'stages_1.blocks.0.conv_dw.kernel_h.weight'  # converted from the 7x7 kernel, not the init
+    assert not torch.equal(body.get_parameter(kernel), fresh.get_parameter(kernel))
+
+
 @pytest.mark.parametrize('arguments,error,message', [
     (dict(encoder_name='tu-sgconvnext_tinyy'), RuntimeError, r'Unknown model \(sgconvnext_tinyy\)'),  # timm's
     (dict(encoder_name='tu-sgconvnext_atto', img_size=0), ValueError, 'img_size must be a positive int'),  # ours
     (dict(encoder_name='tu-sgconvnext_atto', sg_backend='nope'), ValueError, 'backend must be one of'),  # ours
+    (dict(encoder_name='tu-sgconvnext_atto', encoder_weights=True), ValueError, 'No ImageNet weights exist'),  # ours
 ])
 def test_bad_names_and_arguments_are_one_line_errors(arguments, error, message):
     with pytest.raises(error, match=message) as e:
-        smp.Unet(encoder_weights=None, **arguments)
+        smp.Unet(**{'encoder_weights': None, **arguments})
     assert '\n' not in str(e.value)
