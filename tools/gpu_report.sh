@@ -48,4 +48,5 @@ SECONDS=0
 "$python" tools/benchmark.py "${common[@]}" "${large[@]}" --bench infer train --write "$write" \
     --section "$tag:large-maps"
 "$python" tools/bench_sgconv.py "${layer[@]}" --write "$write"
+[[ $reduced == 1 ]] || "$python" tools/bench_dense.py --bench det --device cuda --warmup 3 --runs 10 --write "$write" --section "$tag:dense-det"
 echo "gpu_report.sh: wrote the sections $tag:* of $write in ${SECONDS}s" >&2
