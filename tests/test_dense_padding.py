@@ -1,27 +1,20 @@
 """The dense size policy (sgconvnext/dense.py): an image's backbone features do not depend on how far its batch is
 padded, the kernels reach across the whole canvas, and a checkpoint built for small images loads exactly."""
+import os
+import sys
+
 import pytest
+import timm
 import torch
 
 import sgconvnext  # noqa: F401
-import timm
 from sgconvnext.dense import fpn_backbone
 from sgconvnext.sgconv import SGConv2d
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools'))
+from probe_padding import body_features, trained_like  # noqa: E402  (random biases: what trained weights write)
+
 OWN, CANVAS = (96, 128), (160, 224)  # an image alone (its canvas is its size rounded to 32), and padded by batchmates
-
-
-def trained_like(backbone):
-    """Random biases and layer scales: a fresh model's zero biases and 1e-6 layer scales write almost nothing
-    into the padding, which would hide what padding does to a trained one."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in backbone.named_parameters():
-            if name.endswith('bias'):
-                p.normal_(0, 0.2)
-            elif name.endswith('gamma'):
-                p.normal_(0.5, 0.1)
-    return backbone.eval()
 
 
 def region_gap(backbone):
@@ -31,23 +24,12 @@ def region_gap(backbone):
     padded = torch.zeros(1, 3, *CANVAS)
     padded[..., :OWN[0], :OWN[1]] = image
     with torch.no_grad():
-        alone, inside = _body(backbone, image), _body(backbone, padded)
+        alone, inside = body_features(backbone, image), body_features(backbone, padded)
     gaps = []
     for a, b in zip(alone, inside):
         b = b[..., :a.shape[-2], :a.shape[-1]]
         gaps.append(((a - b).abs().max() / a.abs().max()).item())
     return max(gaps)
-
-
-def _body(backbone, x):
-    """The body's features as the backbone's forward computes them (with the padding mask, if on, armed)."""
-    features = []
-    handle = backbone.body.register_forward_hook(lambda m, i, out: features.extend(out))
-    try:
-        backbone(x)
-    finally:
-        handle.remove()
-    return features
 
 
 @pytest.mark.parametrize('name', ['sgconvnext_atto', 'convnext_atto'])

@@ -27,7 +27,20 @@ POLICIES = {
 }
 
 
+def trained_like(backbone):
+    """Random biases and layer scales (module docstring): what a trained model writes into the padding."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in backbone.named_parameters():
+            if name.endswith('bias'):
+                p.normal_(0, 0.2)
+            elif name.endswith('gamma'):
+                p.normal_(0.5, 0.1)
+    return backbone.eval()
+
+
 def body_features(backbone, x):
+    """The body's features (list of (B, C_i, H_i, W_i)) as the backbone's forward computes them (mask armed)."""
     out = []
     handle = backbone.body.register_forward_hook(lambda m, i, o: out.extend(o))
     with torch.no_grad():
@@ -52,14 +65,7 @@ def main():
     print(f'| policy ({h}x{w} alone vs inside {ch}x{cw}) | stage 0 | stage 1 | stage 2 | stage 3 |')
     print('|---|---|---|---|---|')
     for label, (name, kwargs) in POLICIES.items():
-        backbone = fpn_backbone(name, out_channels=16, **kwargs).eval()
-        torch.manual_seed(1)
-        with torch.no_grad():
-            for n, prm in backbone.named_parameters():
-                if n.endswith('bias'):
-                    prm.normal_(0, 0.2)
-                elif n.endswith('gamma'):
-                    prm.normal_(0.5, 0.1)
+        backbone = trained_like(fpn_backbone(name, out_channels=16, **kwargs))
         gaps = [((a - b[..., :a.shape[-2], :a.shape[-1]]).abs().max() / a.abs().max()).item()
                 for a, b in zip(body_features(backbone, image), body_features(backbone, padded))]
         print(f'| {label} | ' + ' | '.join(f'{g:.1e}' for g in gaps) + ' |', flush=True)
