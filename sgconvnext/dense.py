@@ -15,9 +15,8 @@ features a function of that image alone:
 * ``pad_mask``: the padding (the zero rows and columns past each image's extent) is set to zero again at the input
   of every token mixer, so what the blocks write there never reaches the image (for ``convnext_*`` too).
 """
-import math
 from collections import OrderedDict
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -48,6 +47,7 @@ class TimmFPNBackbone(nn.Module):
                                          extra_blocks=LastLevelMaxPool() if extra_pool else None)
         self.pad_mask = pad_mask
         self._extent: Optional[Tuple[torch.Tensor, torch.Tensor, int, int]] = None  # the batch's, during forward
+        self._masks: Dict[Tuple[int, int], torch.Tensor] = {}  # (h, w) -> (B, 1, h, w) mask, during forward
         mixers = [m.conv_dw for m in body.modules() if hasattr(m, 'conv_dw')]
         if pad_mask and not mixers:
             raise ValueError(f'pad_mask=True masks the input of every block\'s conv_dw; {type(body).__name__} has '
@@ -60,18 +60,20 @@ class TimmFPNBackbone(nn.Module):
         try:
             features = self.body(x)
         finally:
-            self._extent = None
+            self._extent, self._masks = None, {}
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
 
     def _mask_padding(self, module: nn.Module, args):
         if self._extent is None:
             return None
-        rows, cols, height, width = self._extent
         x = args[0]
         h, w = x.shape[-2:]
-        keep_rows = torch.arange(h, device=x.device) < torch.ceil(rows * (h / height)).unsqueeze(1)  # (B, h)
-        keep_cols = torch.arange(w, device=x.device) < torch.ceil(cols * (w / width)).unsqueeze(1)  # (B, w)
-        mask = keep_rows[:, None, :, None] & keep_cols[:, None, None, :]
+        mask = self._masks.get((h, w))
+        if mask is None:  # once per map size and batch: every block of a stage has the same
+            rows, cols, height, width = self._extent
+            keep_rows = torch.arange(h, device=x.device) < torch.ceil(rows * (h / height)).unsqueeze(1)  # (B, h)
+            keep_cols = torch.arange(w, device=x.device) < torch.ceil(cols * (w / width)).unsqueeze(1)  # (B, w)
+            mask = self._masks[(h, w)] = keep_rows[:, None, :, None] & keep_cols[:, None, None, :]
         return (x * mask.to(x.dtype),) + tuple(args[1:])
 
 

@@ -131,7 +131,8 @@ class SGKernel1d(nn.Module):
     Forward:
         ``kernel(length)`` -> (C, 2 * length - 1) centred kernel, offset 0 at index ``length - 1``.
     """
-    __jit_ignored_attributes__ = ['_stretched', 'geometry_change', 'load_mode']  # eager-only bookkeeping, not part of the function
+    # eager-only bookkeeping, not part of the function
+    __jit_ignored_attributes__ = ['_stretched', 'geometry_change', 'load_mode']
 
     def __init__(
             self,
@@ -274,8 +275,8 @@ class SGKernel1d(nn.Module):
 
     def _extends(self, saved: Tuple[int, int, float], weight) -> bool:
         """Whether a load of ``saved`` geometry extends into this one (``load_mode``, module docstring)."""
-        return (self.load_mode == 'extend' and self.resize == 'fixed' and saved[1:] == (self.kernel_dim, self.decay) and saved[0] < self.l_max
-                and isinstance(weight, torch.Tensor) and weight.shape[:2] == (self.channels, 2)
+        return (self.load_mode == 'extend' and self.resize == 'fixed' and saved[0] < self.l_max
+                and saved[1:] == (self.kernel_dim, self.decay) and isinstance(weight, torch.Tensor) and weight.shape[:2] == (self.channels, 2)
                 and tuple(weight.shape[2:]) == (num_scales(saved[0], self.kernel_dim), self.kernel_dim))
 
     def _extended(self, state_dict, prefix: str, saved: Tuple[int, int, float]) -> dict:

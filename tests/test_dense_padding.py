@@ -12,7 +12,7 @@ from sgconvnext.dense import fpn_backbone
 from sgconvnext.sgconv import SGConv2d
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'tools'))
-from probe_padding import body_features, trained_like  # noqa: E402  (random biases: what trained weights write)
+from probe_padding import region_gaps, trained_like  # noqa: E402  (random biases: what trained weights write)
 
 OWN, CANVAS = (96, 128), (160, 224)  # an image alone (its canvas is its size rounded to 32), and padded by batchmates
 
@@ -23,12 +23,7 @@ def region_gap(backbone):
     image = torch.randn(1, 3, *OWN)
     padded = torch.zeros(1, 3, *CANVAS)
     padded[..., :OWN[0], :OWN[1]] = image
-    with torch.no_grad():
-        alone, inside = body_features(backbone, image), body_features(backbone, padded)
-    gaps = []
-    for a, b in zip(alone, inside):
-        b = b[..., :a.shape[-2], :a.shape[-1]]
-        gaps.append(((a - b).abs().max() / a.abs().max()).item())
+    gaps = region_gaps(backbone, image, padded)
     return max(gaps)
 
 

@@ -49,6 +49,13 @@ def body_features(backbone, x):
     return out
 
 
+def region_gaps(backbone, image, padded):
+    """Per stage: the largest difference of the body's features over ``image``'s own canvas, alone (1, 3, h, w) vs
+    inside ``padded`` (1, 3, H, W), relative to the features' largest value."""
+    return [((a - b[..., :a.shape[-2], :a.shape[-1]]).abs().max() / a.abs().max()).item()
+            for a, b in zip(body_features(backbone, image), body_features(backbone, padded))]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--image', type=int, nargs=2, default=(800, 1216), metavar=('H', 'W'))
@@ -66,8 +73,7 @@ def main():
     print('|---|---|---|---|---|')
     for label, (name, kwargs) in POLICIES.items():
         backbone = trained_like(fpn_backbone(name, out_channels=16, **kwargs))
-        gaps = [((a - b[..., :a.shape[-2], :a.shape[-1]]).abs().max() / a.abs().max()).item()
-                for a, b in zip(body_features(backbone, image), body_features(backbone, padded))]
+        gaps = region_gaps(backbone, image, padded)
         print(f'| {label} | ' + ' | '.join(f'{g:.1e}' for g in gaps) + ' |', flush=True)
 
 
