@@ -46,22 +46,31 @@ class TimmFPNBackbone(nn.Module):
         self.fpn = FeaturePyramidNetwork(list(body.feature_info.channels()), out_channels,
                                          extra_blocks=LastLevelMaxPool() if extra_pool else None)
         self.pad_mask = pad_mask
-        self._extent: Optional[Tuple[torch.Tensor, torch.Tensor, int, int]] = None  # the batch's, during forward
-        self._masks: Dict[Tuple[int, int], torch.Tensor] = {}  # (h, w) -> (B, 1, h, w) mask, during forward
+        # The last batch's extent and masks ((h, w) -> (B, 1, h, w)), kept after forward: checkpointed blocks
+        # (set_grad_checkpointing) run again in backward and must mask alike. A direct call of body drops them.
+        self._extent: Optional[Tuple[torch.Tensor, torch.Tensor, int, int]] = None
+        self._masks: Dict[Tuple[int, int], torch.Tensor] = {}
+        self._in_forward = False
         mixers = [m.conv_dw for m in body.modules() if hasattr(m, 'conv_dw')]
         if pad_mask and not mixers:
             raise ValueError(f'pad_mask=True masks the input of every block\'s conv_dw; {type(body).__name__} has '
                              f'none (pass pad_mask=False)')
         for mixer in mixers:
             mixer.register_forward_pre_hook(self._mask_padding)
+        body.register_forward_pre_hook(self._forget_unless_ours)
 
     def forward(self, x: torch.Tensor) -> 'OrderedDict[str, torch.Tensor]':
-        self._extent = image_extent(x) if self.pad_mask else None
+        self._extent, self._masks = (image_extent(x) if self.pad_mask else None), {}
+        self._in_forward = True
         try:
             features = self.body(x)
         finally:
-            self._extent, self._masks = None, {}
+            self._in_forward = False
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(features)))
+
+    def _forget_unless_ours(self, module: nn.Module, args):
+        if not self._in_forward:  # body called on its own: no padding is known for its input
+            self._extent, self._masks = None, {}
 
     def _mask_padding(self, module: nn.Module, args):
         if self._extent is None:

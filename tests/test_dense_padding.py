@@ -74,3 +74,38 @@ def test_bad_dense_arguments_are_one_line_errors():
         fpn_backbone('sgconvnext_atto', pad_mask='yes')
     with pytest.raises(ValueError, match='sg_load="extend" keeps pixel offsets'):
         fpn_backbone('sgconvnext_atto', sg_resize='stretch', sg_load='extend')
+
+
+@pytest.mark.parametrize('name', ['sgconvnext_atto', 'convnext_atto'])
+def test_the_mask_holds_under_grad_checkpointing(name):
+    """Checkpointed blocks run again in backward; they must mask the padding alike: the same loss and gradients."""
+    torch.manual_seed(0)
+    backbone = trained_like(fpn_backbone(name, out_channels=8, canvas=128)).train()
+    padded = torch.zeros(1, 3, 96, 128)
+    padded[..., :64, :96] = torch.randn(1, 3, 64, 96)
+    grads = []
+    for checkpointing in (False, True):
+        backbone.body.set_grad_checkpointing(checkpointing)
+        backbone.zero_grad()
+        loss = sum(f.square().mean() for f in backbone(padded).values())
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}))
+    (plain_loss, plain), (ckpt_loss, ckpt) = grads
+    torch.testing.assert_close(ckpt_loss, plain_loss, rtol=1e-6, atol=0)
+    assert plain.keys() == ckpt.keys() and len(plain) > 10
+    for n in plain:
+        torch.testing.assert_close(ckpt[n], plain[n], rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_calling_the_body_alone_drops_the_last_batch_mask():
+    backbone = fpn_backbone('convnext_atto', out_channels=8).eval()
+    padded = torch.zeros(1, 3, 64, 64)
+    padded[..., :32, :32] = 1.0
+    image = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        backbone(padded)
+        alone = backbone.body(image)  # no padding to mask: the plain model's features
+        backbone.pad_mask = False
+        plain = backbone.body(image)
+    for a, b in zip(alone, plain):
+        torch.testing.assert_close(a, b)
