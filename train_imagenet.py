@@ -34,7 +34,6 @@ import torch.nn as nn
 from timm import utils
 from timm.data import resolve_data_config
 from timm.models import model_parameters
-from timm.optim import create_optimizer_v2, optimizer_kwargs
 from timm.scheduler import create_scheduler_v2, scheduler_kwargs
 
 import sgconvnext  # noqa: F401  (registers sgconvnext_* with timm)
@@ -46,7 +45,7 @@ from sgconvnext.training.data import create_loaders
 from sgconvnext.training.distributed import check_step_counts, mean_over_ranks, setup_distributed
 from sgconvnext.training.eval import evaluate
 from sgconvnext.training.model import build_model, setup_backends
-from sgconvnext.training.optim import create_amp, create_train_loss, resolve_lr
+from sgconvnext.training.optim import base_lr, create_amp, create_optimizer, create_train_loss, resolve_lr
 from sgconvnext.training.preemption import StopOnSignal, stop_agreed
 
 _logger = logging.getLogger('train')
@@ -70,7 +69,7 @@ def train(args, args_text: str, stop: StopOnSignal):
     if eval_metric not in ('loss', 'top1', 'top5'):
         raise CLIError(f"--eval-metric must be loss, top1 or top5, got '{args.eval_metric}'")
     resolve_lr(args)
-    optimizer = create_optimizer_v2(model, **optimizer_kwargs(cfg=args), **args.opt_kwargs)
+    optimizer = create_optimizer(args, model)
     amp_autocast, loss_scaler = create_amp(args, device)
     setup_backends(args, model, data_config['input_size'], device, amp_autocast)  # --sg-tune, --sg-backend-table
 
@@ -257,8 +256,7 @@ def end_epoch(run: Run, epoch: int, train_metrics, eval_metrics, kept: str, epoc
     if not all(math.isfinite(v) for v in [*train_metrics.values(), *(eval_metrics or {}).values()]):
         raise CLIError(f'non-finite metrics after epoch {epoch} ({dict(train_metrics, **(eval_metrics or {}))}): '
                        f'stopped without saving; {kept}. Lower --lr or add --clip-grad')
-    lrs = [group['lr'] for group in run.optimizer.param_groups]
-    lr = sum(lrs) / len(lrs)
+    lr = base_lr(run.optimizer)
     if run.lr_scheduler is not None:
         run.lr_scheduler.step(epoch + 1, metric)  # before saving: a checkpoint holds the state for the next epoch
     if run.saver is None:
@@ -365,12 +363,11 @@ class Progress:
     def log(self, update_idx: int, updates: int, loss_value: float, loss_avg: float) -> None:
         run, now = self.run, time.time()
         loss_avg = mean_over_ranks(loss_avg, run.args, run.device)
-        lrs = [g['lr'] for g in run.optimizer.param_groups]
         eta = (now - self.epoch_start) / updates * (run.updates_per_epoch - updates)
         done = 100 * (update_idx + 1) / run.updates_per_epoch
         _logger.info(
             f'Train: {self.epoch} [{update_idx:>4d}/{run.updates_per_epoch} ({done:>3.0f}%)]  '
-            f'Loss: {loss_value:#.3g} ({loss_avg:#.3g})  LR: {sum(lrs) / len(lrs):.3e}  '
+            f'Loss: {loss_value:#.3g} ({loss_avg:#.3g})  LR: {base_lr(run.optimizer):.3e}  '
             f'{self.samples / max(now - self.window_start, 1e-9):>7.1f} img/s  '
             f'ETA (epoch): {timedelta(seconds=round(eta))}')
         self.window_start, self.samples = now, 0

@@ -17,6 +17,10 @@ depthwise kernels when such a checkpoint is loaded as pretrained weights:
   geometry holds (``l_max < 4``: taps past ``l_max - 1``, which no map of the built size reaches, are dropped;
   ``kernel_dim == 1``: offsets 2 and 3 share one stretched value) and the log says so. The conv bias is
   copied. At its built size the converted layer computes exactly ``F.conv2d`` with the rank-1 7x7 kernel.
+* ``"rank1_far_init"``: ``"rank1"``'s near field, and the far field at the scale of a fresh model's: every
+  sub-kernel entry that reaches only offsets beyond 3 (zero under ``"rank1"``) keeps the layer's random init,
+  scaled so those taps are exactly the fresh layer's (which has a unit-norm kernel). The converted function is
+  then no longer the ConvNeXt's; a fine-tune starts with a far field to shape instead of zero.
 * ``"none"``: the 7x7 kernels are dropped and the SGConv kernels keep their random initialization.
 
 A classifier of another shape than the model's (an in-22k checkpoint's 21841 classes into a 1000-class model)
@@ -44,7 +48,7 @@ __all__ = ['CONVERSIONS', 'check_convert', 'check_sgconvnext', 'convert_convnext
            'rank1_axis_kernels', 'fit_axis_kernel', 'is_convnext_state_dict', 'convnext_layout_of', 'fit_problems',
            'to_timm_layout', 'size_hint', 'keep_model_head']
 
-CONVERSIONS = ('rank1', 'none')
+CONVERSIONS = ('rank1', 'rank1_far_init', 'none')
 DEFAULT_CONVERT = 'rank1'
 _DWCONV = re.compile(r'^stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.weight$')
 _FB_DWCONV = re.compile(r'^stages\.(\d+)\.(\d+)\.dwconv\.weight$')
@@ -252,8 +256,25 @@ def _check_kernel(key: str, weight, channels: int) -> None:
         raise ValueError(f'{key} has {bad} non-finite values (NaN or inf): the checkpoint is damaged')
 
 
-def _convert_layer(layer: SGConv2d, weight: torch.Tensor, prefix: str, out: dict, model_state: dict):
+def _far_entries(module: SGKernel1d) -> torch.Tensor:
+    """(n_scales * kernel_dim,) bool: the sub-kernel entries whose taps all lie at offsets beyond 3."""
+    centred = module._centred_basis(torch.float64).cpu()
+    side = centred[:module.n_scales * module.kernel_dim, module.l_max - 1:]  # (n*d, l_max): offsets >= 0
+    return (side[:, :4] == 0).all(1)
+
+
+def _keep_init_far_field(module: SGKernel1d, fitted, norm, init_weight, init_norm):
+    """``fitted`` (C, 2, n, d) with its far entries replaced by the init's, rescaled from ``init_norm`` to ``norm``."""
+    far = _far_entries(module).reshape(module.n_scales, module.kernel_dim)
+    init = init_weight.double().cpu() * (norm / init_norm.double().cpu())[:, None, None, None]
+    return torch.where(far, init, fitted)
+
+
+def _convert_layer(layer: SGConv2d, weight: torch.Tensor, prefix: str, out: dict, model_state: dict,
+                   far_init: bool = False):
     """Write ``layer``'s kernel tensors for the rank-1 approximation of ``weight`` into ``out``.
+
+    ``far_init``: the far entries keep the layer's init (``model_state``'s), at the init's tap scale.
 
     Returns (mean energy kept, largest tap error of the fit, whether the layer's maps are too small for every tap).
     """
@@ -263,6 +284,8 @@ def _convert_layer(layer: SGConv2d, weight: torch.Tensor, prefix: str, out: dict
         fitted, norm, axis_error = fit_axis_kernel(module, taps)
         error = max(error, axis_error)
         key = f'{prefix}{name}.'
+        if far_init:
+            fitted = _keep_init_far_field(module, fitted, norm, model_state[key + 'weight'], model_state[key + 'norm'])
         out[key + 'weight'] = fitted.to(model_state[key + 'weight'].dtype)
         out[key + 'norm'] = norm.to(model_state[key + 'norm'].dtype)
         out[key + 'geometry'] = pack_geometry(module.l_max, module.kernel_dim, module.decay)
@@ -316,15 +339,15 @@ def convert_timm_layout(state_dict: Dict[str, torch.Tensor], model, method: str 
     energy, fits = defaultdict(list), []
     for key, weight in kernels.items():
         layer_energy, error, small = _convert_layer(layers[key[:-len('weight')]], weight, key[:-len('weight')], out,
-                                                    model_state)
+                                                    model_state, far_init=method == 'rank1_far_init')
         energy[int(_DWCONV.match(key).group(1))].append(layer_energy)
         fits.append((error, key, small))
     if log:
-        _log_conversion(len(state_dict) - len(kernels), energy, fits, kept)
+        _log_conversion(len(state_dict) - len(kernels), energy, fits, kept, method)
     return out
 
 
-def _log_conversion(shared: int, energy, fits, kept: str) -> None:
+def _log_conversion(shared: int, energy, fits, kept: str, method: str = DEFAULT_CONVERT) -> None:
     per_stage = ', '.join(f'{100 * sum(v) / len(v):.0f} %' for _, v in sorted(energy.items()))
     small = sum(1 for _, _, s in fits if s)
     inexact = [(e, k) for e, k, _ in fits if e > 1e-9]
@@ -337,6 +360,7 @@ def _log_conversion(shared: int, energy, fits, kept: str) -> None:
                    f'{max(inexact)[0]:.3g}, {max(inexact)[1]})')
     fit = '; '.join(fit)
     # a warning, as for sg_convert="none": shown without any logging setup (a user sees weights were converted)
-    _logger.warning(f'Warm start from ConvNeXt (sg_convert="rank1"): loaded {shared} shared tensors; converted '
+    far = '; the far field (offsets beyond 3) keeps its random init' if method == 'rank1_far_init' else ''
+    _logger.warning(f'Warm start from ConvNeXt (sg_convert="{method}"): loaded {shared} shared tensors; converted '
                     f'{len(fits)} 7x7 kernels to rank-1 SGConv kernels ({fit}); energy kept by the rank-1 part, '
-                    f'mean per stage: {per_stage}; {kept}.')
+                    f'mean per stage: {per_stage}{far}; {kept}.')

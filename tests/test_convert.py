@@ -155,7 +155,7 @@ def test_bad_input_is_refused_with_a_clear_error():
     bad['stages.2.blocks.3.conv_dw.weight'][5, 0, 2, 2] = float('nan')
     with pytest.raises(ValueError, match=r'stages\.2\.blocks\.3\.conv_dw\.weight has 1 non-finite'):
         sgconvnext.convert_convnext(bad, model)
-    with pytest.raises(ValueError, match=r"sg_convert must be one of \('rank1', 'none'\), got 'svd'"):
+    with pytest.raises(ValueError, match=r"sg_convert must be one of \('rank1', 'rank1_far_init', 'none'\), got 'svd'"):
         timm.create_model('sgconvnext_atto', sg_convert='svd')
     with pytest.raises(TypeError, match='sg_convert must be one of'):
         timm.create_model('sgconvnext_atto', sg_convert=1)
@@ -332,3 +332,30 @@ def test_no_checkpoint_is_unpickled_on_torch_without_safe_globals(tmp_path, monk
         load_checkpoint_file(str(training))
     message = one_line_error(run_cli, convert_tool.main, training, tmp_path / 'sg.pth', '--model', 'sgconvnext_atto')
     assert 'torch >= 2.5' in message and not (tmp_path / 'sg.pth').exists()
+
+
+def test_rank1_far_init_keeps_the_near_taps_and_a_fresh_far_field():
+    """Offsets -3..3: rank1's taps exactly; beyond: the taps of a fresh layer of the same seed, exactly."""
+    teacher = separable_convnext().float()
+    state = teacher.state_dict()
+
+    def build(seed=0):
+        torch.manual_seed(seed)
+        return timm.create_model('sgconvnext_atto', img_size=64)
+
+    fresh, near, far = build(), build(), build()
+    near.load_state_dict(sgconvnext.convert_convnext(state, near, 'rank1', log=False))
+    far.load_state_dict(sgconvnext.convert_convnext(state, far, 'rank1_far_init', log=False))
+    layers = [(name, m) for name, m in far.named_modules() if isinstance(m, SGConv2d)]
+    assert len(layers) == 12
+    for name, layer in layers:
+        for axis in ('kernel_h', 'kernel_w'):
+            k_far, k_near, k_fresh = (getattr(model.get_submodule(name), axis).kernel().detach()
+                                      for model in (far, near, fresh))
+            centre = k_far.shape[1] // 2
+            offsets = torch.arange(k_far.shape[1]) - centre
+            inner = offsets.abs() <= 3
+            torch.testing.assert_close(k_far[:, inner], k_near[:, inner], rtol=1e-5, atol=1e-6)
+            if (~inner).any():  # stages 2 and 3 of a 64 px model have maps of 4 and 2: no taps beyond 3
+                torch.testing.assert_close(k_far[:, ~inner], k_fresh[:, ~inner], rtol=1e-5, atol=1e-6)
+                assert k_fresh[:, ~inner].abs().amax() > 0 and k_near[:, ~inner].abs().amax() == 0

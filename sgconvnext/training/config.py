@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     add('--clip-grad', type=float, default=None, metavar='NORM', help='clip gradient norm (default: no clipping)')
     add('--clip-mode', default='norm', help='gradient clipping mode: norm, value or agc')
     add('--layer-decay', type=float, default=None, help='layer-wise learning rate decay')
+    add('--sg-kernel-lr-scale', type=float, default=1.0, metavar='S',
+        help='sgconvnext: the SGConv kernel parameters learn at S x the LR (SGConv / S4 give the kernel its own LR; '
+             'default: 1)')
     add('--opt-kwargs', nargs='*', default={}, action=ParseKwargs, help='extra optimizer kwargs, key=value')
 
     # Learning rate schedule
