@@ -35,7 +35,9 @@ from bench.utils import write_section  # noqa: E402
 from resolution_study import train_command, validate_command  # noqa: E402
 from study_runner import ROOT, Steps, finished, mean_sd, summary_rows  # noqa: E402
 
-CONVERSIONS = ('rank1', 'none')
+# recipe -> (sg_convert, --sg-kernel-lr-scale of its fine-tunes); a recipe's runs are named after it
+RECIPES = {'rank1': ('rank1', 1.0), 'none': ('none', 1.0), 'rank1-klr10': ('rank1', 10.0),
+           'rank1_far_init': ('rank1_far_init', 1.0), 'rank1_far_init-klr10': ('rank1_far_init', 10.0)}
 FINETUNE_SCHEDULES = {  # flags after TRAIN_FLAGS (the later flag wins)
     'constant': ['--sched', 'step', '--decay-rate', '1', '--warmup-epochs', '0'],
     'cosine': ['--sched', 'cosine', '--sched-on-updates', '--warmup-epochs', '0', '--min-lr', '0'],
@@ -58,6 +60,8 @@ def parse_args(argv=None):
                         '--finetune-epochs epochs, each annealed to 0 (default: constant)')
     p.add_argument('--scratch', type=int, default=1, choices=(0, 1),
                    help='1: also train sgconvnext_atto from scratch (--epochs); 0: skip it (default: 1)')
+    p.add_argument('--recipes', nargs='+', choices=tuple(RECIPES), default=['rank1', 'none'],
+                   help='conversions (and kernel LR scales of their fine-tunes) to compare (default: rank1 none)')
     p.add_argument('--num-classes', type=int, default=10)
     p.add_argument('--jobs', type=int, default=2)
     p.add_argument('--write', metavar='PATH', help='also write the tables into this markdown file')
@@ -97,13 +101,14 @@ def finetune_runs(args, name):
     return [(f'{name}-ft{e}-cosine{lr}', e) for e in range(1, args.finetune_epochs + 1)]
 
 
-def finetune(steps, args, name, model, seed, checkpoint):
+def finetune(steps, args, name, model, seed, checkpoint, kernel_lr_scale=1.0):
     """The fine-tune runs of ``name`` from ``checkpoint``: (the longest run's last checkpoint, their futures)."""
     futures = []
+    kernel_lr = ['--sg-kernel-lr-scale', f'{kernel_lr_scale:g}'] if kernel_lr_scale != 1.0 else []
     for run, epochs in finetune_runs(args, name):
         command = train_command(args, model, seed, args.img_size, run, [
             '--initial-checkpoint', checkpoint, '--epochs', str(epochs), '--lr', str(args.finetune_lr),
-            *FINETUNE_SCHEDULES[args.finetune_sched]])
+            *FINETUNE_SCHEDULES[args.finetune_sched], *kernel_lr])
         futures.append(steps.run(run, command, os.path.join(args.out, run, 'last.pth.tar'),
                                  done=lambda run=run, epochs=epochs: finished(os.path.join(args.out, run), epochs)))
     return os.path.join(args.out, run, 'last.pth.tar'), futures
@@ -127,17 +132,22 @@ def main(argv=None):
         teacher_run.result()
         waiting += evaluations(steps, args, f'teacher-seed{seed}', teacher, 'convnext_atto')
         waiting += finetune(steps, args, f'teacher-seed{seed}', 'convnext_atto', seed, teacher)[1]
-        for conversion in CONVERSIONS:
-            name = f'{conversion}-seed{seed}'
-            converted = os.path.join(args.out, 'converted', f'{name}.pth')
-            steps.run(f'convert-{name}', [os.path.join(ROOT, 'tools', 'convert_convnext.py'), teacher, converted,
-                                          '--model', 'sgconvnext_atto', '--img-size', str(args.img_size),
-                                          '--convert', conversion, '--seed', str(seed)], converted).result()
-            waiting += evaluations(steps, args, name, converted, 'sgconvnext_atto')
-            ft_last, ft_runs = finetune(steps, args, name, 'sgconvnext_atto', seed, converted)
+        converted_once = set()
+        for recipe in args.recipes:
+            conversion, kernel_lr_scale = RECIPES[recipe]
+            base, name = f'{conversion}-seed{seed}', f'{recipe}-seed{seed}'
+            converted = os.path.join(args.out, 'converted', f'{base}.pth')
+            if conversion not in converted_once:  # recipes of one conversion share its file and evaluations
+                converted_once.add(conversion)
+                steps.run(f'convert-{base}', [os.path.join(ROOT, 'tools', 'convert_convnext.py'), teacher, converted,
+                                              '--model', 'sgconvnext_atto', '--img-size', str(args.img_size),
+                                              '--convert', conversion, '--seed', str(seed)], converted).result()
+                waiting += evaluations(steps, args, base, converted, 'sgconvnext_atto')
+                if conversion.startswith('rank1'):
+                    waiting.append(plot(steps, args, f'{base}-at-load', converted))
+            ft_last, ft_runs = finetune(steps, args, name, 'sgconvnext_atto', seed, converted, kernel_lr_scale)
             waiting += ft_runs
-            if conversion == 'rank1':
-                waiting.append(plot(steps, args, f'{name}-at-load', converted))
+            if conversion.startswith('rank1'):
                 after_finetunes.append((ft_runs[-1], name, ft_last))
     for seed in args.seeds if args.scratch else ():
         waiting.append(trained(steps, args, 'sgconvnext_atto', seed)[1])
@@ -194,10 +204,10 @@ def report(args):
         'convnext_atto teacher (trained on: more epochs of ConvNeXt)': [
             dict(start=_top1(args, f'teacher-seed{s}-at{size}'), at2x=_top1(args, f'teacher-seed{s}-at{big}'),
                  ft=_ft_top1(args, f'teacher-seed{s}')) for s in args.seeds],
-        **{f'sgconvnext_atto, sg_convert={c}': [
+        **{_recipe_label(r): [
             dict(start=_top1(args, f'{c}-seed{s}-at{size}'), stretch=_top1(args, f'{c}-seed{s}-at{big}-stretch'),
-                 fixed=_top1(args, f'{c}-seed{s}-at{big}-fixed'), ft=_ft_top1(args, f'{c}-seed{s}'))
-            for s in args.seeds] for c in CONVERSIONS},
+                 fixed=_top1(args, f'{c}-seed{s}-at{big}-fixed'), ft=_ft_top1(args, f'{r}-seed{s}'))
+            for s in args.seeds] for r, (c, _) in ((r, RECIPES[r]) for r in args.recipes)},
         f'sgconvnext_atto from scratch ({args.epochs} epochs)': [
             dict(start=_last_top1(args, f'sgconvnext_atto-{size}px-seed{s}')) for s in args.seeds],
     }
@@ -239,16 +249,25 @@ def _last_top1(args, run):
     return rows[-1]['eval_top1'] if rows else None
 
 
+def _recipe_label(recipe: str) -> str:
+    conversion, kernel_lr_scale = RECIPES[recipe]
+    return f'sgconvnext_atto, sg_convert={conversion}' + (
+        f', kernel LR x{kernel_lr_scale:g}' if kernel_lr_scale != 1.0 else '')
+
+
 def _far_field_checkpoints(args):
-    seed = args.seeds[0]
-    rank1_ft, none_ft = (finetune_runs(args, f'{c}-seed{seed}')[-1][0] for c in ('rank1', 'none'))
-    return {f'rank1 at load (seed {seed})': os.path.join(args.out, 'converted', f'rank1-seed{seed}.pth'),
-            f'rank1 after {args.finetune_epochs} epochs of fine-tune': os.path.join(args.out, rank1_ft,
-                                                                                      'last.pth.tar'),
-            f'none after {args.finetune_epochs} epochs of fine-tune': os.path.join(args.out, none_ft,
-                                                                                     'last.pth.tar'),
-            f'from scratch, {args.epochs} epochs': os.path.join(args.out, f'sgconvnext_atto-{args.img_size}px-seed{seed}',
-                                                                'last.pth.tar')}
+    seed, out = args.seeds[0], {}
+    for recipe in args.recipes:
+        conversion = RECIPES[recipe][0]
+        if conversion != 'none':
+            out[f'{conversion} at load (seed {seed})'] = os.path.join(args.out, 'converted', f'{conversion}-seed{seed}.pth')
+    for recipe in args.recipes:
+        ft = finetune_runs(args, f'{recipe}-seed{seed}')[-1][0]
+        out[f'{_recipe_label(recipe)[len("sgconvnext_atto, sg_convert="):]} after {args.finetune_epochs} epochs of '
+            f'fine-tune'] = os.path.join(args.out, ft, 'last.pth.tar')
+    out[f'from scratch, {args.epochs} epochs'] = os.path.join(args.out, f'sgconvnext_atto-{args.img_size}px-seed{seed}',
+                                                              'last.pth.tar')
+    return out
 
 
 if __name__ == '__main__':

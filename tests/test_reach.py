@@ -1,0 +1,96 @@
+"""The distance task (studies/reach): canvases with the cue exactly d px from the target, a control whose reach
+is provably 18 px (checked with erf's gradients, and by swapping the cue), one run and the study's report."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(ROOT, 'studies', 'reach'), os.path.join(ROOT, 'tools')]
+distance_cues = pytest.importorskip('distance_cues')  # needs Debian's dataset-fashion-mnist
+if not os.path.isdir('/usr/share/datasets/fashion-mnist'):
+    pytest.skip('dataset-fashion-mnist is not installed', allow_module_level=True)
+import distance_run  # noqa: E402
+import distance_study  # noqa: E402
+import erf  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def items():
+    return distance_cues.Items('val', limit=2000)
+
+
+def boxes(mask):
+    ys, xs = np.nonzero(mask)
+    return ys.min(), xs.min()
+
+
+@pytest.mark.parametrize('distance', [28, 64, 100])
+def test_the_cue_lies_d_px_from_the_target_along_one_axis(items, distance):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        image, labels = distance_cues.make_canvas(rng, items, distance)
+        target, cue = (labels == 1) | (labels == 2), labels >= 3
+        assert target.any() and cue.any() and image.shape == labels.shape == (128, 128)
+        assert len(set(labels[target].tolist())) == 1 and labels[cue][0] == labels[target][0] + 2  # one cue class
+        # the items' ink spans at most their 28 px boxes, which are d apart on one axis and aligned on the other
+        ty, tx = (np.nonzero(target)[i] for i in (0, 1))
+        cy, cx = (np.nonzero(cue)[i] for i in (0, 1))
+        gap = max(cy.min() - ty.max(), ty.min() - cy.max(), cx.min() - tx.max(), tx.min() - cx.max())
+        assert gap >= distance_cues.target_reach(distance)
+
+
+def test_bad_distances_and_a_fixed_validation_set(items):
+    with pytest.raises(ValueError, match='distance must be in 28..100 for a 128 px canvas'):
+        distance_cues.make_canvas(np.random.default_rng(0), items, 101)
+    a, b = distance_cues.validation_set(items, 64, 5), distance_cues.validation_set(items, 64, 5)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_the_control_sees_exactly_its_reach():
+    torch.manual_seed(0)
+    control = distance_run.LocalCNN().eval()
+    grad = erf.centre_gradient(control, torch.randn(1, 1, 128, 128))[0].abs()
+    rows, cols = torch.nonzero(grad > 0, as_tuple=True)
+    reach = max((rows - 64).abs().max(), (cols - 64).abs().max())
+    assert reach <= distance_run.LocalCNN.REACH
+    assert reach >= distance_run.LocalCNN.REACH - 4  # the bound is nearly tight (one stride-4 cell)
+
+
+def test_the_control_cannot_read_a_cue_beyond_its_reach(items):
+    """Two canvases that differ only in the cue's class: the control's output on the target is the same."""
+    torch.manual_seed(0)
+    control = distance_run.LocalCNN().eval()
+    distance = distance_cues.ITEM - 1 + distance_run.LocalCNN.REACH + 1  # the first d the proof covers
+    image, labels = distance_cues.make_canvas(np.random.default_rng(3), items, distance)
+    cue = labels >= 3
+    other = image.copy()
+    other[cue] = 0
+    ys, xs = np.nonzero(cue)
+    other[ys.min():ys.min() + 1, xs.min():xs.min() + 1] = 255  # any other content where the cue was
+    outs = [control(distance_run.to_batch(x[None], labels[None])[0]) for x in (image, other)]
+    target = torch.from_numpy((labels == 1) | (labels == 2))
+    assert torch.equal(outs[0][0][:, target], outs[1][0][:, target])
+    assert not torch.equal(outs[0], outs[1])
+
+
+def test_a_run_and_the_study_report(tmp_path):
+    pytest.importorskip('segmentation_models_pytorch')
+    pytest.importorskip('matplotlib')
+    out = tmp_path / 'study'
+    flags = ['--out', str(out), '--models', 'convnext_atto', '--distances', '32', '--seeds', '0', '--steps', '2',
+             '--batch-size', '2', '--val-count', '4', '--erf-images', '2', '--jobs', '1',
+             '--plot', str(tmp_path / 'sweep.png'), '--erf-plot', str(tmp_path / 'erf.png'),
+             '--write', str(tmp_path / 'RESULTS.md')]
+    distance_study.main(flags)
+    results = json.loads((out / 'results.json').read_text())
+    assert set(results) == {'local_cnn-d32-seed0', 'convnext_atto-d32-seed0'}
+    for r in results.values():
+        assert 0 <= r['target_acc'] <= 100 and 0 < r['erf_t20'] <= r['erf_t99'] <= 1
+    assert 'Target-pixel accuracy' in (tmp_path / 'RESULTS.md').read_text()
+    assert (tmp_path / 'sweep.png').stat().st_size > 1000 and (tmp_path / 'erf.png').stat().st_size > 1000
+    commands = (out / 'commands.txt').read_text().splitlines()
+    assert len(commands) == 2 and all('--distance 32' in c for c in commands)
