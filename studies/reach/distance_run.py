@@ -7,8 +7,8 @@
 Models: ``convnext_atto`` / ``sgconvnext_atto`` as smp FPN encoders (``tu-`` + name, the dense backbone issue's
 segmentation path; sgconvnext built for the canvas, ``img_size=--size``), or ``local_cnn``, the control
 (``LocalCNN``: every output pixel sees only the input within ``LocalCNN.REACH`` px). Random init; AdamW, linear
-warm-up then cosine to 0 (detection_run.lr_at). Loss: the mean cross-entropy of the background pixels, plus that
-of the target pixels, plus that of the cue pixels, so the few item pixels weigh as much as the rest.
+warm-up then cosine to 0 (detection_run.lr_at). Loss: the mean cross-entropy of the background pixels plus that
+of the target pixels, so the few target pixels weigh as much as the rest.
 
 Writes ``OUT/train.csv`` (step, mean loss over the last --log-every steps, lr, seconds), ``OUT/eval.csv`` (step,
 target-pixel accuracy, background accuracy) every --eval-every steps and at the end, ``OUT/model.pth`` (the
@@ -71,29 +71,27 @@ def to_batch(images: np.ndarray, labels: np.ndarray):
 
 
 def balanced_loss(logits, labels):
-    """Mean cross-entropy of the background pixels, plus that of the target pixels, plus that of the cue pixels."""
+    """Mean cross-entropy of the background pixels plus that of the target pixels."""
     per_pixel = F.cross_entropy(logits, labels, reduction='none')
-    kinds = (labels == 0, (labels == 1) | (labels == 2), labels >= 3)
-    return sum(per_pixel[kind].mean() for kind in kinds if kind.any())
+    target = labels > 0
+    return per_pixel[~target].mean() + per_pixel[target].mean()
 
 
 @torch.no_grad()
 def evaluate(model, images, labels, batch_size: int = 50) -> dict:
-    """Target-pixel accuracy (the cue read right, 0..100; chance 50), background and cue-pixel accuracy."""
+    """Target-pixel accuracy (the cue read right, 0..100; chance 50) and background accuracy."""
     model.eval()
-    hit_t = n_t = hit_b = n_b = hit_c = n_c = 0
+    hit_t = n_t = hit_b = n_b = 0
     for start in range(0, len(images), batch_size):
         x, y = to_batch(images[start:start + batch_size], labels[start:start + batch_size])
         pred = model(x).argmax(1)
-        target, cue, background = (y == 1) | (y == 2), y >= 3, y == 0
+        target = y > 0
         hit_t += int((pred[target] == y[target]).sum())
         n_t += int(target.sum())
-        hit_c += int((pred[cue] == y[cue]).sum())
-        n_c += int(cue.sum())
-        hit_b += int((pred[background] == 0).sum())
-        n_b += int(background.sum())
+        hit_b += int((pred[~target] == 0).sum())
+        n_b += int((~target).sum())
     model.train()
-    return dict(target_acc=100 * hit_t / n_t, background_acc=100 * hit_b / n_b, cue_acc=100 * hit_c / n_c)
+    return dict(target_acc=100 * hit_t / n_t, background_acc=100 * hit_b / n_b)
 
 
 def parse_args(argv=None):
@@ -129,7 +127,7 @@ def main(argv=None):
     val_images, val_labels = distance_cues.validation_set(distance_cues.Items('val'), args.distance,
                                                           args.val_count, args.size)
     train_log = CSVLog(os.path.join(args.out, 'train.csv'), ['step', 'loss', 'lr', 'seconds'])
-    eval_log = CSVLog(os.path.join(args.out, 'eval.csv'), ['step', 'target_acc', 'background_acc', 'cue_acc'])
+    eval_log = CSVLog(os.path.join(args.out, 'eval.csv'), ['step', 'target_acc', 'background_acc'])
     losses, seconds, result = [], 0.0, {}
     for step in range(1, args.steps + 1):
         lr = lr_at(step - 1, args.steps, args.lr, args.warmup)

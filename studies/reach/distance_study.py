@@ -10,7 +10,7 @@ Steps (studies/study_runner.py: one command each, skipped when done, --jobs at a
 flags but --model, --distance and --seed; the control (``local_cnn``, which sees only 18 px around each pixel) at
 each distance for the first seed. A run counts as done when its ``summary.json`` exists.
 
-The report: ``OUT/results.json`` (per run: final target-pixel, background and cue-pixel accuracy, seconds; and
+The report: ``OUT/results.json`` (per run: final target-pixel and background accuracy, seconds; and
 the ERF of its trained model: RepLKNet's area ratios of the gradient of the centre pixel's output, over
 --erf-images validation canvases, ``tools/erf.py``), ``OUT/results.md`` (the tables, mean ± sd over seeds),
 --plot (accuracy against d, a line per model, the seeds as points; needs matplotlib), --erf-plot (the ERF maps of
@@ -111,7 +111,7 @@ def collect(args) -> dict:
         np.save(os.path.join(run_dir, 'erf.npy'), data)
         results[run_name(model, distance, seed)] = dict(
             model=model, distance=distance, seed=seed, **{k: summary[k] for k in (
-                'target_acc', 'background_acc', 'cue_acc', 'train_seconds')},
+                'target_acc', 'background_acc', 'train_seconds')},
             **{f'erf_t{round(100 * t)}': r for t, r in ratios.items()})
     return results
 
@@ -127,9 +127,9 @@ def tables(args, results: dict) -> str:
     for m in models:
         lines.append(f'| {m} | ' + ' | '.join(mean_sd([r['target_acc'] for r in cell.get((m, d), [])])
                                               for d in args.distances) + ' |')
-    lines += ['', 'Cue-pixel accuracy (%, the local part of the task):', '', head, rule]
+    lines += ['', 'Background accuracy (%, the local part of the task):', '', head, rule]
     for m in models:
-        lines.append(f'| {m} | ' + ' | '.join(mean_sd([r['cue_acc'] for r in cell.get((m, d), [])])
+        lines.append(f'| {m} | ' + ' | '.join(mean_sd([r['background_acc'] for r in cell.get((m, d), [])])
                                               for d in args.distances) + ' |')
     lines += ['', 'ERF of the trained segmenter (RepLKNet area ratio of the centre pixel\'s gradient, t = 20 % / 99 %):',
               '', head, rule]
