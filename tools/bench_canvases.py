@@ -20,13 +20,13 @@ from sgconvnext import SGConv2d, tune_backends  # noqa: E402
 from sgconvnext.sgconv import choose_backend  # noqa: E402
 
 STAGES = [(96, 4), (192, 8), (384, 16), (768, 32)]  # sgconvnext_tiny: (channels, stride)
-CANVASES = ['800x1216', '1344x800', '800x1088', '1088x800', '768x1344', '1024x1024']
+CANVASES = ['1216x800', '800x1344', '1088x800', '800x1088', '1344x768', '1024x1024']  # WxH, as bench_dense.py
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--tune-canvas', default='800x1344', help='HxW canvas tuned on (default: 800x1344)')
-    p.add_argument('--canvases', nargs='+', default=CANVASES, help='HxW canvases never tuned')
+    p.add_argument('--tune-canvas', default='1344x800', help='WxH canvas tuned on (default: 1344x800)')
+    p.add_argument('--canvases', nargs='+', default=CANVASES, help='WxH canvases never tuned')
     p.add_argument('--batch-size', type=int, default=2)
     p.add_argument('--runs', type=int, default=3)
     p.add_argument('--threads', type=int, default=None)
@@ -35,14 +35,15 @@ def parse_args(argv=None):
     for text in [args.tune_canvas] + args.canvases:
         parts = text.split('x')
         if len(parts) != 2 or not all(s.isdigit() and int(s) > 0 for s in parts):
-            p.error(f'canvases are HxW with positive ints, e.g. 800x1344, got {text!r}')
+            p.error(f'canvases are WxH with positive ints, e.g. 1344x800, got {text!r}')
     if args.batch_size < 1 or args.runs < 1:
         p.error('--batch-size and --runs must be >= 1')
     return args
 
 
 def canvas(text: str):
-    h, w = text.split('x')
+    """'WxH' -> (H, W)."""
+    w, h = text.split('x')
     return int(h), int(w)
 
 
@@ -57,7 +58,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     th, tw = canvas(args.tune_canvas)
-    rows = ['| canvas | stage map (C) | fft ms | matmul ms | direct ms | best | tuned-nearest runs | its time / best '
+    rows = ['| canvas (WxH) | stage map (HxW, C) | fft ms | matmul ms | direct ms | best | tuned-nearest runs | its time / best '
             '| untuned auto runs | its time / best |', '|---' * 10 + '|']
     worst = 1.0
     for channels, stride in STAGES:
