@@ -6,7 +6,8 @@
         --plot docs/distance_sweep.png --erf-plot docs/erf_distance.png --write docs/RESULTS.md
 
 Steps (studies/study_runner.py: one command each, skipped when done, --jobs at a time, one thread each): one
-``distance_run.py`` (beside this file) per --seeds x --distances x --models, seed-major, every one with the same
+``distance_run.py`` (beside this file) per --seeds x --distances x --models, seed-major (each seed's shortest
+and longest distance first), every one with the same
 flags but --model, --distance and --seed; the control (``local_cnn``, which sees only 18 px around each pixel) at
 each distance for the first seed. A run counts as done when its ``summary.json`` exists.
 
@@ -60,9 +61,12 @@ def run_name(model: str, distance: int, seed: int) -> str:
 
 
 def planned_runs(args):
-    """[(model, distance, seed)]: seed-major; the control at every distance for the first seed."""
+    """[(model, distance, seed)]: the control at every distance for the first seed, then seed-major, each seed's
+    shortest and longest distance first (the two the goal compares), so a study cut short has those."""
     runs = [(CONTROL, d, args.seeds[0]) for d in args.distances]
-    runs += [(m, d, s) for s in args.seeds for d in args.distances for m in args.models]
+    ordered = sorted(args.distances)
+    ordered = ordered[:1] + ordered[-1:] + ordered[1:-1] if len(ordered) > 1 else ordered
+    runs += [(m, d, s) for s in args.seeds for d in ordered for m in args.models]
     return runs
 
 
