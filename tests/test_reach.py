@@ -99,3 +99,22 @@ def test_a_run_and_the_study_report(tmp_path):
     assert (tmp_path / 'sweep.png').stat().st_size > 1000 and (tmp_path / 'erf.png').stat().st_size > 1000
     commands = (out / 'commands.txt').read_text().splitlines()
     assert len(commands) == 2 and all('--distance 32' in c for c in commands)
+
+
+def test_the_classifier_erf_study_reports_the_models_it_finds(tmp_path):
+    pytest.importorskip('matplotlib')
+    import timm
+    from tiny_dataset import make_image_folder
+    import fmnist_erf
+    data = make_image_folder(tmp_path / 'data', classes=2, train=1, val=2, size=40)
+    runs = tmp_path / 'runs'
+    (runs / 'convnext_atto-64px-seed0').mkdir(parents=True)
+    torch.save(timm.create_model('convnext_atto', num_classes=10).state_dict(),
+               runs / 'convnext_atto-64px-seed0' / 'last.pth.tar')
+    out, write = tmp_path / 'erf', tmp_path / 'RESULTS.md'
+    fmnist_erf.main(['--runs', str(runs), '--data-dir', data, '--out', str(out), '--num-images', '2',
+                     '--plot', str(tmp_path / 'erf.png'), '--write', str(write)])
+    rows = [line for line in (out / 'erf.md').read_text().splitlines() if line.startswith('| ') and 'model' not in line]
+    assert [r.split(' | ')[0] for r in rows] == ['| convnext_atto, init', '| convnext_atto, trained (teacher)',
+                                                 '| sgconvnext_atto, init']
+    assert '<!-- fmnist-erf-96:start -->' in write.read_text() and (tmp_path / 'erf.png').stat().st_size > 1000
