@@ -44,6 +44,13 @@ def test_the_area_ratios_of_a_uniform_k_by_k_conv():
     # scaled: 1 on the 5x5 window, 0 elsewhere; a 3x3 square holds 9/25 = 36 %, the 5x5 all of it
     area = SIDE * SIDE
     assert ratios == {0.2: (3, 9 / area), 0.3: (3, 9 / area), 0.5: (5, 25 / area), 0.99: (5, 25 / area)}
+    assert erf.support_side(data) == K
+
+
+def test_the_support_of_two_stacked_convs_is_their_combined_reach():
+    net = nn.Sequential(single_conv(), single_conv())  # 5x5 then 5x5: 9x9
+    assert erf.support_side(erf.contribution_map(net, [torch.randn(1, 1, SIDE, SIDE)])) == 2 * K - 1
+    assert erf.support_side(np.zeros((4, 4))) == 0
 
 
 def test_a_spread_out_map_needs_a_larger_square():

@@ -14,7 +14,10 @@ smallest centred square (odd side) holding more than a share t of the map, over 
 RepLKNet does on the map scaled by ``log10(1 + map)`` and then to a maximum of 1 (so a few strong pixels do not
 hide the tail): a model that uses more of the image has larger ratios. Thresholds: 20, 30, 50 and 99 %.
 
-Prints the ratios (and writes them with --results-file as JSON); --out draws the scaled map (PNG; needs
+Also ``support_side``: the side of the smallest centred square that holds every nonzero gradient, the receptive field
+the traced images reach (the theoretical one when no product on the path is zero or underflows: at init pass
+``--model-kwargs ls_init_value=1``, as ConvNeXt's 1e-6 layer scales underflow float32 over a few blocks). Prints the ratios
+(and writes them with --results-file as JSON); --out draws the scaled map (PNG; needs
 matplotlib: pip install -r requirements-plot.txt); --matrix saves the raw map (.npy) for other plots.
 """
 import argparse
@@ -33,7 +36,8 @@ from sgconvnext.training.config import CLIError, run_cli  # noqa: E402
 
 THRESHOLDS = (0.2, 0.3, 0.5, 0.99)
 
-__all__ = ['THRESHOLDS', 'centre_gradient', 'contribution_map', 'scaled', 'area_ratios', 'stage_output']
+__all__ = ['THRESHOLDS', 'centre_gradient', 'contribution_map', 'scaled', 'area_ratios', 'support_side', 'stage_output',
+           'save_png']
 
 
 def centre_gradient(forward, image: torch.Tensor) -> torch.Tensor:
@@ -85,6 +89,17 @@ def area_ratios(data: np.ndarray, thresholds=THRESHOLDS) -> dict:
                 result[t] = (2 * r + 1, box.size / data.size)
                 break
     return result
+
+
+def support_side(data: np.ndarray) -> int:
+    """The side of the smallest centred square holding every nonzero entry: the receptive field these inputs
+    reach (the theoretical one when no product on the path is zero or underflows), clipped to the map."""
+    h, w = data.shape
+    rows, cols = np.nonzero(data)
+    if not len(rows):
+        return 0
+    r = max(np.abs(rows - h // 2).max(), np.abs(cols - w // 2).max())
+    return min(2 * int(r) + 1, max(h, w))
 
 
 def stage_output(model, stage: int):
@@ -153,6 +168,18 @@ def images_of(args, data_config):
     return [dataset[i][0].unsqueeze(0) for i in range(0, len(dataset), step)[:args.num_images]]
 
 
+def save_png(fig, path: str, colours: int = 128) -> None:
+    """A matplotlib Figure as a palette PNG of ``colours`` colours, written whole or not at all (the maps' noise
+    makes full-colour PNGs large)."""
+    import io
+    from PIL import Image
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format='png')
+    buffer.seek(0)
+    with atomic_open(path, 'wb') as f:
+        Image.open(buffer).convert('RGB').quantize(colours).save(f, format='PNG')
+
+
 def draw(path: str, data: np.ndarray, title: str) -> None:
     try:
         from matplotlib.figure import Figure
@@ -166,8 +193,7 @@ def draw(path: str, data: np.ndarray, title: str) -> None:
     ax.set_yticks([])
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    with atomic_open(path, 'wb') as f:
-        fig.savefig(f, format='png')
+    save_png(fig, path)
 
 
 def main(argv=None):
@@ -180,7 +206,8 @@ def main(argv=None):
     results = dict(model=args.model, checkpoint=args.checkpoint or 'init', stage=stage,
                    input_size=list(data_config['input_size']), images=args.num_images,
                    **{f'area_ratio_t{round(100 * t)}': round(r, 4) for t, (_, r) in ratios.items()},
-                   **{f'side_t{round(100 * t)}': s for t, (s, _) in ratios.items()})
+                   **{f'side_t{round(100 * t)}': s for t, (s, _) in ratios.items()},
+                   support_side=support_side(data))
     print(json.dumps(results))
     if args.results_file:
         with atomic_open(args.results_file) as f:

@@ -145,6 +145,7 @@ def tables(args, results: dict) -> str:
 
 
 def plot(args, results: dict) -> None:
+    import erf
     from matplotlib.figure import Figure
     fig = Figure(figsize=(5.5, 3.6), dpi=110)
     ax = fig.add_subplot()
@@ -161,7 +162,7 @@ def plot(args, results: dict) -> None:
     ax.set_ylabel('target-pixel accuracy (%)')
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(args.plot)
+    erf.save_png(fig, args.plot)
 
 
 def erf_plot(args, results: dict) -> None:
@@ -177,7 +178,7 @@ def erf_plot(args, results: dict) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(args.erf_plot)
+    erf.save_png(fig, args.erf_plot)
 
 
 def report(args):

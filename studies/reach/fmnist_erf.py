@@ -6,10 +6,10 @@
 
 One ``tools/erf.py`` command per model (studies/study_runner.py: skipped when done, one thread each), all on the
 same --num-images validation images at --img-size (96: the stage-3 map is 3x3, so its centre cell is the image's
-centre) with ``sg_resize=fixed`` for sgconvnext (the trained taps at their pixel extent; the models were trained
-at 64 px). The models are those of ``studies/conversion/conversion_study.py`` in --runs (seed --seed; any not
+centre) with ``sg_resize=--sg-resize`` for sgconvnext (fixed, the default: the trained taps at their pixel extent,
+the models were trained at 64 px; stretch: resampled to span the map). The models are those of ``studies/conversion/conversion_study.py`` in --runs (seed --seed; any not
 there is left out) and both families at init. The report: ``OUT/erf.md`` (area ratios at t = 20, 30, 50, 99 %),
---plot (the maps side by side, RepLKNet's scaling) and the section ``fmnist-erf-SIZE`` of --write.
+--plot (the maps side by side, RepLKNet's scaling) and the section ``fmnist-erf-SIZE-POLICY`` of --write.
 """
 import argparse
 import json
@@ -56,6 +56,7 @@ def parse_args(argv=None):
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--img-size', type=int, default=96)
     p.add_argument('--num-images', type=int, default=50)
+    p.add_argument('--sg-resize', choices=('fixed', 'stretch'), default='fixed')
     p.add_argument('--jobs', type=int, default=1)
     p.add_argument('--plot', metavar='PNG')
     p.add_argument('--write', metavar='PATH')
@@ -75,7 +76,7 @@ def main(argv=None):
                    '--matrix', os.path.join(args.out, f'{name}.npy'),
                    '--results-file', os.path.join(args.out, f'{name}.json')]
         command += ['--checkpoint', checkpoint] if checkpoint else []
-        command += ['--model-kwargs', 'sg_resize=fixed'] if model.startswith('sg') else []
+        command += ['--model-kwargs', f'sg_resize={args.sg_resize}'] if model.startswith('sg') else []
         done.append((label, steps.run(f'erf-{name}', command, os.path.join(args.out, f'{name}.json'))))
     for _, future in done:
         future.result()
@@ -83,7 +84,7 @@ def main(argv=None):
 
 
 def report(args, labels: list) -> None:
-    lines = [f'| model ({args.img_size} px, stage 3, {args.num_images} images) | '
+    lines = [f'| model ({args.img_size} px, stage 3, {args.num_images} images, sgconvnext {args.sg_resize}) | '
              + ' | '.join(f't = {t} %' for t in THRESHOLDS) + ' |', '|---|' + '---|' * len(THRESHOLDS)]
     for label in labels:
         with open(os.path.join(args.out, f'{slug(label)}.json')) as f:
@@ -98,7 +99,7 @@ def report(args, labels: list) -> None:
         from matplotlib.figure import Figure
         columns = 5
         rows = (len(labels) + columns - 1) // columns
-        fig = Figure(figsize=(2.2 * columns, 2.4 * rows), dpi=100)
+        fig = Figure(figsize=(2.2 * columns, 2.8 * rows), dpi=72)
         for i, label in enumerate(labels):
             ax = fig.add_subplot(rows, columns, i + 1)
             ax.imshow(erf.scaled(np.load(os.path.join(args.out, f'{slug(label)}.npy'))), cmap='pink', vmin=0, vmax=1)
@@ -106,9 +107,9 @@ def report(args, labels: list) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
         fig.tight_layout()
-        fig.savefig(args.plot)
+        erf.save_png(fig, args.plot, colours=64)
     if args.write:
-        write_section(args.write, f'{KEY}-{args.img_size}', text)
+        write_section(args.write, f'{KEY}-{args.img_size}-{args.sg_resize}', text)
 
 
 if __name__ == '__main__':
