@@ -18,6 +18,7 @@ the ERF of its trained model: RepLKNet's area ratios of the gradient of the cent
 each model at the longest distance, first seed) and the section ``distance-study`` of --write.
 """
 import argparse
+import csv
 import json
 import os
 import sys
@@ -111,12 +112,14 @@ def collect(args) -> dict:
             continue
         with open(path) as f:
             summary = json.load(f)
+        with open(os.path.join(run_dir, 'eval.csv'), newline='') as f:
+            curve = {int(row['step']): float(row['target_acc']) for row in csv.DictReader(f)}
         ratios, data = run_erf(run_dir, model, distance, args.erf_images)
         np.save(os.path.join(run_dir, 'erf.npy'), data)
         results[run_name(model, distance, seed)] = dict(
             model=model, distance=distance, seed=seed, **{k: summary[k] for k in (
                 'target_acc', 'background_acc', 'train_seconds')},
-            **{f'erf_t{round(100 * t)}': r for t, r in ratios.items()})
+            curve=curve, **{f'erf_t{round(100 * t)}': r for t, r in ratios.items()})
     return results
 
 
@@ -141,6 +144,13 @@ def tables(args, results: dict) -> str:
         lines.append(f'| {m} | ' + ' | '.join(
             ' / '.join(mean_sd([r[k] for r in cell.get((m, d), [])], 3) for k in ('erf_t20', 'erf_t99'))
             for d in args.distances) + ' |')
+    steps = sorted({step for r in results.values() for step in r['curve']})
+    lines += ['', 'Target-pixel accuracy during training, per run (when each left the 50 % plateau):', '',
+              '| run | ' + ' | '.join(f'step {s}' for s in steps) + ' |', '|---|' + '---|' * len(steps)]
+    for name, r in results.items():
+        if r['model'] != CONTROL:
+            lines.append(f'| {name} | ' + ' | '.join(f'{r["curve"][s]:.1f}' if s in r['curve'] else '-'
+                                                    for s in steps) + ' |')
     return '\n'.join(lines)
 
 
