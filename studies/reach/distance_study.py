@@ -180,7 +180,7 @@ def erf_plot(args, results: dict) -> None:
     from matplotlib.figure import Figure
     d, seed = max(args.distances), args.seeds[0]
     names = [run_name(m, d, seed) for m in [CONTROL] + args.models if run_name(m, d, seed) in results]
-    fig = Figure(figsize=(2.6 * len(names), 2.8), dpi=110)
+    fig = Figure(figsize=(2.6 * len(names), 3.1), dpi=110)
     for i, name in enumerate(names):
         ax = fig.add_subplot(1, len(names), i + 1)
         ax.imshow(erf.scaled(np.load(os.path.join(args.out, name, 'erf.npy'))), cmap='pink', vmin=0, vmax=1)
