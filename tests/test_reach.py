@@ -117,4 +117,4 @@ def test_the_classifier_erf_study_reports_the_models_it_finds(tmp_path):
     rows = [line for line in (out / 'erf.md').read_text().splitlines() if line.startswith('| ') and 'model' not in line]
     assert [r.split(' | ')[0] for r in rows] == ['| convnext_atto, init', '| convnext_atto, trained (teacher)',
                                                  '| sgconvnext_atto, init']
-    assert '<!-- fmnist-erf-96:start -->' in write.read_text() and (tmp_path / 'erf.png').stat().st_size > 1000
+    assert '<!-- fmnist-erf-96-fixed:start -->' in write.read_text() and (tmp_path / 'erf.png').stat().st_size > 1000
