@@ -48,6 +48,8 @@ class TimmFPNBackbone(nn.Module):
         self.pad_mask = pad_mask
         # The last batch's extent and masks ((h, w) -> (B, 1, h, w)), kept after forward: checkpointed blocks
         # (set_grad_checkpointing) run again in backward and must mask alike. A direct call of body drops them.
+        # So with checkpointing, run each batch's backward before the next forward (as a training step does);
+        # two forwards then one backward would recompute the first batch with the second's masks.
         self._extent: Optional[Tuple[torch.Tensor, torch.Tensor, int, int]] = None
         self._masks: Dict[Tuple[int, int], torch.Tensor] = {}
         self._in_forward = False

@@ -79,7 +79,7 @@ def test_the_cli_writes_ratios_a_picture_and_the_map(tmp_path, model):
               '--out', str(out), '--matrix', str(matrix), '--results-file', str(results)])
     summary = json.loads(results.read_text())
     ratios = [summary[f'area_ratio_t{t}'] for t in (20, 30, 50, 99)]
-    assert summary['stage'] == 3 and summary['input_size'] == [3, 96, 96]
+    assert summary['stage'] == 3 and summary['input_size'] == [3, 96, 96] and summary['images'] == 3
     assert 0 < ratios[0] <= ratios[1] <= ratios[2] <= ratios[3] <= 1
     assert np.load(matrix).shape == (96, 96) and out.stat().st_size > 1000
 
@@ -99,3 +99,12 @@ def test_a_checkpoint_changes_the_map(tmp_path):
                   '--num-classes', '2', '--matrix', str(tmp_path / 'm.npy'), *extra])
         maps.append(np.load(tmp_path / 'm.npy'))
     assert not np.allclose(maps[0], maps[1])
+
+
+def test_an_even_stage_map_is_refused_with_a_size_that_works(tmp_path):
+    from sgconvnext.training.config import CLIError
+    data = make_image_folder(tmp_path / 'data', classes=2, train=1, val=1, size=40)
+    with pytest.raises(CLIError, match=r'gives stage 3 a 2x2 map.*--img-size 96'):
+        erf.main(['--model', 'convnext_atto', '--data-dir', data, '--img-size', '64', '--num-classes', '2'])
+    with pytest.raises(CLIError, match=r'--stage must be in -4..3 for convnext_atto \(4 stages\), got -5'):
+        erf.main(['--model', 'convnext_atto', '--data-dir', data, '--img-size', '96', '--stage', '-5'])

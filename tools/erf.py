@@ -2,8 +2,8 @@
 """Effective receptive field (ERF) of a timm model, the way RepLKNet measures it (Ding et al. 2022, sec. 5).
 
     python tools/erf.py --model convnext_atto --checkpoint output/train/last.pth.tar --data-dir data/fmnist \\
-        --out erf.png --results-file erf.json
-    python tools/erf.py --model sgconvnext_atto --data-dir data/fmnist --img-size 64 --stage 3 --out erf.png
+        --img-size 96 --out erf.png --results-file erf.json
+    python tools/erf.py --model sgconvnext_atto --data-dir data/fmnist --img-size 96 --stage 3 --out erf.png
 
 For each of --num-images images of --data-dir's --split (resized whole to the model's input size, normalized as
 the model was trained): the stage's output ``F`` (``forward_intermediates``, (1, C, h, w)), the scalar
@@ -112,6 +112,17 @@ def stage_output(model, stage: int):
     return lambda x: model.forward_intermediates(x, indices=[stage], intermediates_only=True)[0]
 
 
+def check_centred(forward, input_size, stage: int) -> None:
+    """Refuse a stage map with an even side: its centre cell's field is not centred on the image's centre."""
+    with torch.no_grad():
+        h, w = forward(torch.zeros(1, *input_size)).shape[-2:]
+    if h % 2 == 0 or w % 2 == 0:
+        stride = input_size[-1] // w
+        raise CLIError(f'--img-size {input_size[-1]} gives stage {stage} a {h}x{w} map; the squares are centred on '
+                       f'the image, so the traced centre cell must be too: pick a size whose stage map has odd sides, '
+                       f'e.g. --img-size {stride * (w + 1 if w % 2 == 0 else w)}')
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--model', required=True, help='timm model name (sgconvnext_* after import sgconvnext)')
@@ -200,11 +211,18 @@ def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())))
     model, data_config = load(args)
-    stage = args.stage if args.stage >= 0 else len(model.feature_info) + args.stage
-    data = contribution_map(stage_output(model, stage), images_of(args, data_config))
+    stages = len(getattr(model, 'feature_info', []) or [])
+    if not stages or not -stages <= args.stage < stages:
+        raise CLIError(f'--stage must be in -{stages}..{stages - 1} for {args.model} ({stages} stages), '
+                       f'got {args.stage}')
+    stage = args.stage % stages
+    forward = stage_output(model, stage)
+    check_centred(forward, data_config['input_size'], stage)
+    images = images_of(args, data_config)
+    data = contribution_map(forward, images)
     ratios = area_ratios(data)
     results = dict(model=args.model, checkpoint=args.checkpoint or 'init', stage=stage,
-                   input_size=list(data_config['input_size']), images=args.num_images,
+                   input_size=list(data_config['input_size']), images=len(images),
                    **{f'area_ratio_t{round(100 * t)}': round(r, 4) for t, (_, r) in ratios.items()},
                    **{f'side_t{round(100 * t)}': s for t, (s, _) in ratios.items()},
                    support_side=support_side(data))

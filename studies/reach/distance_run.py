@@ -6,7 +6,7 @@
 
 Models: ``convnext_atto`` / ``sgconvnext_atto`` as smp FPN encoders (``tu-`` + name, the dense backbone issue's
 segmentation path; sgconvnext built for the canvas, ``img_size=--size``), or ``local_cnn``, the control
-(``LocalCNN``: every output pixel sees only the input within ``LocalCNN.REACH`` px). Random init; AdamW, linear
+(``LocalCNN``: every output pixel sees only the input within ``LocalCNN.REACH`` = 17 px). Random init; AdamW, linear
 warm-up then cosine to 0 (detection_run.lr_at). Loss: the mean cross-entropy of the background pixels plus that
 of the target pixels, so the few target pixels weigh as much as the rest.
 
@@ -38,11 +38,12 @@ MEAN, STD = 0.286, 0.353  # Fashion-MNIST's pixel statistics (0..1)
 class LocalCNN(nn.Module):
     """The control: a 4x4 stride-4 stem, three 3x3 convs at stride 4, a 1x1 classifier, bilinear x4 upsampling.
 
-    An output pixel p reads the two nearest stride-4 cells per axis, each of which reads cells within 3 of it
-    (three 3x3 convs), each of which covers 4 input pixels: inputs q with |q - p| <= REACH on each axis.
+    An output pixel p reads the two stride-4 cells around (p + 0.5) / 4 - 0.5 (bilinear, align_corners=False), each
+    of which reads cells within 3 of it (three 3x3 convs), each of which covers 4 input pixels: inputs q with
+    |q - p| <= REACH on each axis (17 for p = 4k + 1 and 4k + 2, 16 otherwise).
     """
 
-    REACH = 18
+    REACH = 17
 
     def __init__(self, in_chans: int = 1, num_classes: int = distance_cues.NUM_LABELS, width: int = 64):
         super().__init__()

@@ -8,7 +8,7 @@
 Steps (studies/study_runner.py: one command each, skipped when done, --jobs at a time, one thread each): one
 ``distance_run.py`` (beside this file) per --seeds x --distances x --models, seed-major (each seed's shortest
 and longest distance first), every one with the same
-flags but --model, --distance and --seed; the control (``local_cnn``, which sees only 18 px around each pixel) at
+flags but --model, --distance and --seed; the control (``local_cnn``, which sees only 17 px around each pixel) at
 each distance for the first seed. A run counts as done when its ``summary.json`` exists.
 
 The report: ``OUT/results.json`` (per run: final target-pixel and background accuracy, seconds; and
