@@ -81,6 +81,9 @@ def test_the_cli_writes_ratios_a_picture_and_the_map(tmp_path, model):
     ratios = [summary[f'area_ratio_t{t}'] for t in (20, 30, 50, 99)]
     assert summary['stage'] == 3 and summary['input_size'] == [3, 96, 96] and summary['images'] == 3
     assert 0 < ratios[0] <= ratios[1] <= ratios[2] <= ratios[3] <= 1
+    # at init the blocks are scaled by 1e-6: the centre stage-3 cell sees its 32x32 patch (pixels 32..63), which
+    # the centred square around pixel 48 holds from side 33 on; the rest is far under 1 %
+    assert summary['side_t99'] == 33 and summary['area_ratio_t99'] == pytest.approx(33 * 33 / 96 ** 2, abs=1e-4)
     assert np.load(matrix).shape == (96, 96) and out.stat().st_size > 1000
 
 

@@ -46,8 +46,9 @@ def test_the_default_is_timms_optimizer():
     model = timm.create_model('sgconvnext_atto', img_size=64)
     ours, theirs = create_optimizer(args_for(), model), create_optimizer_v2(model, opt='adamw', lr=1e-3,
                                                                             weight_decay=0.05)
-    assert [(g['weight_decay'], len(g['params'])) for g in ours.param_groups] == \
-        [(g['weight_decay'], len(g['params'])) for g in theirs.param_groups]
+    def groups(optimizer):
+        return [(g['weight_decay'], g['lr'], [id(p) for p in g['params']]) for g in optimizer.param_groups]
+    assert groups(ours) == groups(theirs) and type(ours) is type(theirs)
 
 
 def test_bad_uses_are_refused():
